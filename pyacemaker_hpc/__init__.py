@@ -1,0 +1,2 @@
+"""pyacemaker-hpc."""
+__version__ = "0.1.0"

@@ -1,0 +1,415 @@
+"""The config.yaml schema: typed, validated before any rank starts work.
+
+Every error is one line that names the key or the file (``ConfigError``). Relative paths
+are resolved against the current working directory, as pacemaker and mace do (under Slurm
+that is the submission directory).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: names mace's foundation-model loader knows (mace.calculators.foundations_models);
+#: anything else in ``base_model`` must be an existing file. "MACE-MP-0" is ours: it maps to
+#: "medium" (mace_mp(model=None) would give medium-mpa-0).
+MACE_FOUNDATION_NAMES = {
+    "MACE-MP-0", "small", "medium", "large", "medium-mpa-0", "small-0b", "medium-0b", "small-0b2",
+    "medium-0b2", "large-0b2", "medium-0b3", "medium-omat-0", "mace-matpes-pbe-0",
+    "mace-matpes-r2scan-0", "mh-0", "mh-1",
+}
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------
+# distillation: the seed's block, exactly these keys and defaults
+class Step1(_Strict):
+    target_points: int = Field(100, gt=0)
+    objective: Literal["maximize_entropy", "direct", "random"] = "maximize_entropy"
+
+
+class Step2(_Strict):
+    #: quantile (0..1) of the committee force disagreement over the step-1 selection above
+    #: which a structure goes to DFT: 0.8 sends the most uncertain 20 %.
+    uncertainty_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    dft_calculator: str = "VASP"
+
+    @field_validator("dft_calculator")
+    @classmethod
+    def _known_calculator(cls, v: str) -> str:
+        if v.lower() not in {"vasp", "gpaw", "ase"}:
+            raise ValueError(f"must be VASP, GPAW or ASE (got {v!r})")
+        return v
+
+
+class Step3(_Strict):
+    base_model: str = "MACE-MP-0"
+    epochs: int = Field(50, gt=0)
+
+
+class Step4(_Strict):
+    target_points: int = Field(1000, gt=0)
+    method: Literal["mace_md"] = "mace_md"
+
+
+class Step7(_Strict):
+    enable: bool = True
+    weight_dft: float = Field(10.0, gt=0)
+
+
+class Distillation(_Strict):
+    enable_mace_distillation: bool = True
+    step1_direct_sampling: Step1 = Step1()
+    step2_active_learning: Step2 = Step2()
+    step3_mace_finetune: Step3 = Step3()
+    step4_surrogate_sampling: Step4 = Step4()
+    step7_pacemaker_finetune: Step7 = Step7()
+
+
+# ----------------------------------------------------------------------------------------
+class Prototype(_Strict):
+    element: str
+    structure: Literal["fcc", "bcc", "hcp", "diamond", "sc", "rocksalt", "b2", "l12"] = "fcc"
+    a: Optional[float] = Field(None, gt=0)
+    elements: Optional[list[str]] = None  # for binary prototypes (rocksalt, b2, l12)
+
+
+class SystemCfg(_Strict):
+    elements: list[str] = Field(min_length=1)
+    seed_structures: list[str] = []
+    prototypes: list[Prototype] = []
+
+
+class CampaignCfg(_Strict):
+    path: str = "campaign.h5"
+    workdir: str = "work"
+    output_dir: str = "results"
+
+
+class GeneratorCfg(_Strict):
+    """Step-1 candidate generation (structure_generator/mutations.py)."""
+
+    n_candidates: int = Field(400, gt=0)
+    rattle_amplitudes: list[float] = [0.02, 0.05, 0.1, 0.2]
+    strain_max: float = Field(0.05, ge=0)
+    shear_max: float = Field(0.04, ge=0)
+    supercells: list[list[int]] = [[1, 1, 1]]
+    vacancies: bool = True
+    substitutions: bool = True
+    min_distance_factor: float = Field(0.6, gt=0, le=1.5)
+
+
+class DescriptorCfg(_Strict):
+    kind: Literal["mace", "ace"] = "mace"
+    pooling: list[Literal["mean", "std", "max", "min"]] = ["mean", "std"]
+    pca_variance: float = Field(0.95, gt=0, le=1)
+    k_per_cluster: int = Field(1, gt=0)
+
+
+class VaspCfg(_Strict):
+    incar: dict[str, Any] = {"encut": 520, "ediff": 1e-6, "ismear": 0, "sigma": 0.05,
+                             "prec": "Accurate", "lreal": False, "nelm": 100}
+    kpoint_density: float = Field(30.0, gt=0)  # k-points per reciprocal A (ASE kpts density)
+    setups: dict[str, str] | str = "recommended"
+    command: list[str] = ["vasp_std"]
+    pp_path: Optional[str] = None  # default: $VASP_PP_PATH
+    walltime_s: Optional[float] = Field(None, gt=0)
+
+
+class GpawCfg(_Strict):
+    ecut: float = Field(300.0, gt=0)
+    xc: str = "PBE"
+    kpoint_density: float = Field(3.5, gt=0)  # k-points per reciprocal A (ASE kpts density)
+    smearing_width: float = Field(0.1, ge=0)
+    extra: dict[str, Any] = {}
+
+
+class AseCalcCfg(_Strict):
+    import_path: str = "ase.calculators.emt.EMT"
+    kwargs: dict[str, Any] = {}
+
+
+class DftCfg(_Strict):
+    vasp: VaspCfg = VaspCfg()
+    gpaw: GpawCfg = GpawCfg()
+    ase: AseCalcCfg = AseCalcCfg()
+    max_retries: int = Field(2, ge=0)
+    retry_failed_on_restart: bool = False
+    max_force: float = Field(50.0, gt=0)  # eV/A: larger forces are a failed label
+
+
+class FinetuneCfg(_Strict):
+    method: Literal["naive", "multihead"] = "naive"
+    e0s: str = "average"  # average | foundation | estimated | {Z: E0} as a JSON string
+    energy_weight: float = Field(10.0, ge=0)
+    forces_weight: float = Field(100.0, ge=0)
+    stress_weight: float = Field(10.0, ge=0)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(4, gt=0)
+    valid_fraction: float = Field(0.15, ge=0, lt=1)
+    seed: int = 1
+
+
+class MdCfg(_Strict):
+    temperatures: list[float] = [300.0, 800.0, 1500.0]
+    strains: list[float] = [0.0]
+    steps: int = Field(200, gt=0)
+    timestep_fs: float = Field(2.0, gt=0)
+    sample_interval: int = Field(10, gt=0)
+    replicas_per_temperature: int = Field(2, gt=0)
+    max_force: float = Field(20.0, gt=0)           # eV/A: frames above are discarded
+    min_distance_factor: float = Field(0.6, gt=0)  # of covalent radii sum
+    max_force_std: Optional[float] = Field(None, gt=0)  # eV/A committee spread cut
+    include_pool: bool = True  # teacher-labelled pool structures join the surrogate set
+
+
+class MaceCfg(_Strict):
+    committee: list[str] = []  # extra committee members (names/paths) besides base_model
+    committee_size: int = Field(1, gt=0)  # fine-tuned members (different seeds)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_dtype: Literal["float32", "float64"] = "float64"
+    batch_size: int = Field(32, gt=0)
+    finetune: FinetuneCfg = FinetuneCfg()
+    md: MdCfg = MdCfg()
+
+
+class PacemakerCfg(_Strict):
+    preset: Literal["tiny", "small", "medium", "large"] = "small"
+    number_of_functions_per_element: Optional[int] = Field(None, gt=0)
+    cutoff: float = Field(5.0, gt=0)
+    max_iterations: int = Field(300, gt=0)
+    delta_max_iterations: int = Field(150, gt=0)
+    kappa: float = Field(0.3, ge=0, le=1)
+    evaluator: Literal["tensorpot", "pyace"] = "tensorpot"
+    delta_mode: Literal["weighted_refit", "residual"] = "weighted_refit"
+    reference_energy: Literal["auto", "zero"] = "auto"
+    extra_input: dict[str, Any] = {}
+
+
+class EvaluationCfg(_Strict):
+    holdout_file: Optional[str] = None  # extxyz with DFT labels, never used in training
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    n_holdout: int = Field(0, ge=0)     # else: label this many fresh candidates with DFT
+    compare_dft_only: bool = True
+
+
+class ParallelCfg(_Strict):
+    descriptor: int = Field(1, ge=1)
+    dft: int = Field(1, ge=1)
+    mace: int = Field(1, ge=1)
+    train: int = Field(1, ge=1)
+
+
+class ActiveLearningCfg(_Strict):
+    """The plain DFT loop (enable_mace_distillation: false)."""
+
+    max_iterations: int = Field(5, gt=0)
+    dft_budget: int = Field(200, gt=0)
+    initial_dft: int = Field(20, gt=0)
+    batch_size: int = Field(10, gt=0)
+    gamma_threshold: float = Field(5.0, gt=0)
+    n_candidates_per_iteration: int = Field(200, gt=0)
+
+
+class Config(_Strict):
+    seed: int = 42
+    system: SystemCfg
+    campaign: CampaignCfg = CampaignCfg()
+    distillation: Distillation = Distillation()
+    generator: GeneratorCfg = GeneratorCfg()
+    descriptors: DescriptorCfg = DescriptorCfg()
+    dft: DftCfg = DftCfg()
+    mace: MaceCfg = MaceCfg()
+    pacemaker: PacemakerCfg = PacemakerCfg()
+    evaluation: EvaluationCfg = EvaluationCfg()
+    parallel: ParallelCfg = ParallelCfg()
+    active_learning: ActiveLearningCfg = ActiveLearningCfg()
+
+    # convenience accessors -----------------------------------------------------------
+    @property
+    def dft_calculator(self) -> str:
+        return self.distillation.step2_active_learning.dft_calculator.lower()
+
+    def section_dict(self, *names: str) -> dict:
+        """The named sections as plain data (what a step's inputs hash is made of)."""
+        out = {}
+        for n in names:
+            obj: Any = self
+            for part in n.split("."):
+                obj = getattr(obj, part)
+            out[n] = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at ``loc`` (used to suggest the nearest one for a typo)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            for c in candidates:  # list[Model]
+                for a in getattr(c, "__args__", ()):
+                    if isinstance(a, type) and issubclass(a, BaseModel):
+                        nxt = a
+        if nxt is None:
+            return []
+        cur = nxt
+    return list(getattr(cur, "model_fields", {}).keys())
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc)
+    if e["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(str(loc[-1]), _allowed_keys(Config, loc), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    if e["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: {key}: {e['msg']}{got_s}"
+
+
+def parse_config(data: dict, source: str = "config") -> Config:
+    """Validate a config mapping; raise ConfigError with one line on any problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+    check_files_and_physics(cfg, source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a config.yaml; every problem is a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{p}: malformed YAML at{where}: {problem}") from None
+    return parse_config(data, str(p))
+
+
+def config_text(cfg: Config) -> str:
+    """Canonical YAML of the validated config (what the campaign records)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------
+def is_foundation_name(base_model: str) -> bool:
+    return base_model in MACE_FOUNDATION_NAMES
+
+
+def check_files_and_physics(cfg: Config, source: str) -> None:
+    """Checks pydantic cannot do: files exist, elements match, no overlapping atoms."""
+    from ase.data import atomic_numbers
+
+    for el in cfg.system.elements:
+        if el not in atomic_numbers:
+            raise ConfigError(f"{source}: system.elements: unknown element {el!r}")
+    allowed = set(cfg.system.elements)
+    for proto in cfg.system.prototypes:
+        for el in [proto.element, *(proto.elements or [])]:
+            if el not in allowed:
+                raise ConfigError(
+                    f"{source}: system.prototypes: element {el!r} is not in system.elements {sorted(allowed)}")
+    if not cfg.system.seed_structures and not cfg.system.prototypes:
+        raise ConfigError(f"{source}: system: give seed_structures or prototypes")
+
+    for i, f in enumerate(cfg.system.seed_structures):
+        if not Path(f).is_file():
+            raise ConfigError(f"{source}: system.seed_structures[{i}]: file not found: {f}")
+        _check_seed_file(f, allowed, cfg.generator.min_distance_factor, source)
+
+    base = cfg.distillation.step3_mace_finetune.base_model
+    if not is_foundation_name(base) and not Path(base).is_file():
+        raise ConfigError(
+            f"{source}: distillation.step3_mace_finetune.base_model: neither a MACE foundation "
+            f"name ({', '.join(sorted(MACE_FOUNDATION_NAMES))}) nor an existing file: {base}")
+    for i, m in enumerate(cfg.mace.committee):
+        if not is_foundation_name(m) and not Path(m).is_file():
+            raise ConfigError(f"{source}: mace.committee[{i}]: model file not found: {m}")
+
+    if cfg.evaluation.holdout_file and not Path(cfg.evaluation.holdout_file).is_file():
+        raise ConfigError(f"{source}: evaluation.holdout_file: file not found: {cfg.evaluation.holdout_file}")
+
+    if cfg.dft_calculator == "vasp":
+        pp = cfg.dft.vasp.pp_path or os.environ.get("VASP_PP_PATH")
+        if not pp:
+            raise ConfigError(f"{source}: dft.vasp.pp_path: not set and VASP_PP_PATH is empty (POTCAR directory)")
+        if not Path(pp).is_dir():
+            raise ConfigError(f"{source}: dft.vasp.pp_path: POTCAR directory not found: {pp}")
+        if not cfg.dft.vasp.command:
+            raise ConfigError(f"{source}: dft.vasp.command: empty run command")
+    if cfg.dft_calculator == "ase" and "." not in cfg.dft.ase.import_path:
+        raise ConfigError(f"{source}: dft.ase.import_path: expected 'module.Class', got {cfg.dft.ase.import_path!r}")
+
+
+def _check_seed_file(path: str, allowed: set[str], factor: float, source: str) -> None:
+    from ase.io import read
+
+    try:
+        frames = read(path, index=":")
+    except Exception as err:  # noqa: BLE001 - any reader error is the user's file
+        raise ConfigError(f"{source}: system.seed_structures: cannot read {path}: {err}") from None
+    for k, atoms in enumerate(frames):
+        extra = set(atoms.get_chemical_symbols()) - allowed
+        if extra:
+            raise ConfigError(
+                f"{source}: {path} frame {k}: elements {sorted(extra)} are not in system.elements {sorted(allowed)}")
+        pair = closest_pair_violation(atoms, factor)
+        if pair:
+            i, j, d, dmin = pair
+            raise ConfigError(
+                f"{source}: {path} frame {k}: atoms {i} and {j} overlap ({d:.2f} A < {dmin:.2f} A = "
+                f"{factor} x covalent radii)")
+
+
+def closest_pair_violation(atoms, factor: float):
+    """First pair closer than ``factor`` x the sum of covalent radii, or None."""
+    import numpy as np
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) < 2 and not atoms.pbc.any():
+        return None
+    rc = covalent_radii[atoms.numbers] * factor
+    cut = float(2 * rc.max()) if len(rc) else 0.0
+    if cut <= 0:
+        return None
+    i, j, d = neighbor_list("ijd", atoms, cut)
+    bad = d < rc[i] + rc[j]
+    if not np.any(bad):
+        return None
+    k = int(np.argmax(bad))
+    return int(i[k]), int(j[k]), float(d[k]), float(rc[i[k]] + rc[j[k]])

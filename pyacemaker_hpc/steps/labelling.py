@@ -1,0 +1,53 @@
+"""Labelling a structure set with the DFT oracle through the farm, never paying twice:
+results are cached per item (by structure uid and DFT settings) and committed one by one."""
+from __future__ import annotations
+
+import logging
+
+from ..campaign import cache_label, cached_labels
+from ..core.models import DONE, FAILED, Label, LabelledSet
+from ..parallel import TaskFailed
+from .context import StepContext, digest
+from .tasks import dft_task
+
+log = logging.getLogger("pyacemaker_hpc")
+
+
+def dft_settings_key(ctx: StepContext) -> str:
+    cfg = ctx.cfg
+    calc = cfg.dft_calculator
+    settings = {"calculator": calc, calc: getattr(cfg.dft, calc).model_dump(mode="json"),
+                "max_force": cfg.dft.max_force}
+    return digest(settings)[:16]
+
+
+def label_set_with_dft(ctx: StepContext, set_name: str) -> LabelledSet:
+    """DFT labels for ``/structures/<set_name>``; returns all labels (failed included)."""
+    camp, cfg = ctx.camp, ctx.cfg
+    structures = camp.read_structures(set_name)
+    key = dft_settings_key(ctx)
+    cache = cached_labels(camp, "dft", key)
+    todo = []
+    for i, at in enumerate(structures):
+        hit = cache.get(at.info["uid"])
+        if hit is None or (hit.status == FAILED and cfg.dft.retry_failed_on_restart):
+            todo.append(i)
+    n_cached = len(structures) - len(todo)
+    log.info("[dft] %s: %d structures, %d already computed, %d to run", set_name, len(structures),
+             n_cached, len(todo))
+
+    def on_result(i, res):
+        if isinstance(res, TaskFailed):  # the oracle itself crashed: record, keep going
+            res = Label.failed(f"oracle crashed: {res.error.strip().splitlines()[-1]}")
+        cache_label(camp, "dft", key, structures[i].info["uid"], res)
+        cache[structures[i].info["uid"]] = res
+        if res.status != DONE:
+            log.warning("[dft] %s item %d failed: %s", set_name, i, res.error)
+
+    tasks = [(i, dft_task, (cfg, structures[i], str(ctx.workdir / "dft" / structures[i].info["uid"])))
+             for i in todo]
+    ctx.farm.map("dft", tasks, on_result, label=f"DFT {set_name}")
+    labels = [cache[a.info["uid"]] for a in structures]
+    camp.init_labels(set_name, "dft", keep_existing=False)
+    camp.put_labels(set_name, "dft", dict(enumerate(labels)))
+    return LabelledSet(structures, labels)

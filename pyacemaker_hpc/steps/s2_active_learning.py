@@ -1,0 +1,95 @@
+"""Step 2: MACE-committee uncertainty over the step-1 selection; the most uncertain
+structures (above the ``uncertainty_threshold`` quantile) go to DFT.
+
+``uncertainty_threshold`` is a quantile, not an absolute number: with committee force
+disagreement u_i (max over atoms of the norm of the per-component std, eV/A) over the N
+selected structures, structure i goes to DFT when u_i >= quantile(u, threshold). 0.8 sends
+the most uncertain 20 % (at least one). A quantile stays meaningful across systems and
+committees whose absolute spreads differ by orders of magnitude.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..core.models import Uncertainty
+from ..parallel import TaskFailed
+from .context import Step, StepContext, digest
+from .labelling import dft_settings_key, label_set_with_dft
+from .tasks import uncertainty_task
+
+log = logging.getLogger("pyacemaker_hpc")
+CHUNK = 50
+
+
+def committee_models(ctx: StepContext) -> tuple[str, ...]:
+    from ..oracle.mace_surrogate import resolve_model
+
+    names = [ctx.cfg.distillation.step3_mace_finetune.base_model, *ctx.cfg.mace.committee]
+    return tuple(resolve_model(n) for n in names)
+
+
+def committee_uncertainty(ctx: StepContext, models: tuple, structures: list) -> Uncertainty:
+    from ..oracle.mace_surrogate import pick_device
+
+    cfg = ctx.cfg
+    chunks = [structures[i:i + CHUNK] for i in range(0, len(structures), CHUNK)]
+    out = {}
+
+    def on_result(k, res):
+        if isinstance(res, TaskFailed):
+            raise RuntimeError(f"committee evaluation failed:\n{res.error}")
+        out[k] = res
+
+    args = (models, pick_device(cfg.mace.device), cfg.mace.default_dtype, cfg.mace.batch_size)
+    ctx.farm.map("mace", [(k, uncertainty_task, (*args, c)) for k, c in enumerate(chunks)], on_result,
+                 label="committee uncertainty")
+    return Uncertainty(np.concatenate([out[k].energy_std for k in range(len(chunks))]),
+                       np.concatenate([out[k].force_std for k in range(len(chunks))]))
+
+
+def pick_uncertain(unc: Uncertainty, threshold: float) -> np.ndarray:
+    """Indices with force spread at or above the ``threshold`` quantile (ties broken by
+    energy spread), most uncertain first; at least one."""
+    u = unc.force_std
+    if len(u) == 0:
+        return np.zeros(0, dtype=int)
+    order = np.lexsort((-unc.energy_std, -u))
+    n = max(1, int(round(len(u) * (1.0 - threshold))))
+    if np.ptp(u) == 0:
+        log.warning("[step2] the committee agrees everywhere (one member, or identical ones): "
+                    "uncertainty cannot rank structures; taking the first %d of the selection", n)
+    return order[:n]
+
+
+class ActiveLearning(Step):
+    name = "step2_active_learning"
+
+    def inputs(self, ctx):
+        cfg = ctx.cfg
+        return {"step2": cfg.section_dict("distillation.step2_active_learning"),
+                "committee": [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee],
+                "dft": dft_settings_key(ctx), "upstream": ctx.output_hash("step1_sampling")}
+
+    def run(self, ctx):
+        cfg, camp = ctx.cfg, ctx.camp
+        selected = camp.read_structures("selected")
+        if ctx.resuming and camp.exists("uncertainty/selected/force_std"):
+            unc = camp.read_uncertainty("selected")
+        else:
+            unc = committee_uncertainty(ctx, committee_models(ctx), selected)
+            camp.write_uncertainty("selected", unc)
+        idx = pick_uncertain(unc, cfg.distillation.step2_active_learning.uncertainty_threshold)
+        log.info("[step2] committee force spread: median %.3f, max %.3f eV/A; %d structures to DFT",
+                 float(np.median(unc.force_std)), float(unc.force_std.max()), len(idx))
+        camp.write_structures("dft", [selected[i] for i in idx])
+        camp.write_array("uncertainty/dft_index", idx)
+        ls = label_set_with_dft(ctx, "dft")
+        counts = camp.label_counts("dft", "dft")
+        camp.write_json("metrics/step2_active_learning", {
+            "n_dft": len(ls), "n_done": counts["done"], "n_failed": counts["failed"],
+            "force_std_threshold": float(unc.force_std[idx].min()) if len(idx) else None})
+        if counts["done"] == 0:
+            raise RuntimeError("every DFT calculation failed: see /labels/dft/dft/error in the campaign")
+        return digest([a.info["uid"] for a in ls.structures] + [lab.status for lab in ls.labels])

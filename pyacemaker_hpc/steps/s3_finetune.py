@@ -1,0 +1,43 @@
+"""Step 3: fine-tune the foundation MACE on the DFT labels of step 2 (``mace_run_train``
+on the train rank, its own process). ``mace.committee_size`` members differ in seed; the
+first one is the teacher of steps 4-5, all of them filter MD frames by disagreement."""
+from __future__ import annotations
+
+import logging
+
+from .context import Step, StepContext, digest
+from .tasks import finetune_task
+
+log = logging.getLogger("pyacemaker_hpc")
+
+
+def finetuned_names(ctx: StepContext) -> list[str]:
+    return [f"mace_ft_{k}" for k in range(ctx.cfg.mace.committee_size)]
+
+
+class Finetune(Step):
+    name = "step3_finetune"
+
+    def inputs(self, ctx):
+        cfg = ctx.cfg
+        return {"step3": cfg.section_dict("distillation.step3_mace_finetune"),
+                "finetune": cfg.section_dict("mace.finetune"), "k": cfg.mace.committee_size,
+                "dtype": cfg.mace.default_dtype, "upstream": ctx.output_hash("step2_active_learning")}
+
+    def run(self, ctx):
+        from ..oracle.mace_surrogate import resolve_model
+
+        cfg, camp = ctx.cfg, ctx.camp
+        train = camp.labelled_set("dft", "dft")
+        base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
+        shas = []
+        for k, name in enumerate(finetuned_names(ctx)):
+            if ctx.resuming and camp.has_model(name):
+                log.info("[step3] %s kept from the interrupted run", name)
+            else:
+                model = ctx.farm.run_one("train", finetune_task, cfg, base, train,
+                                         str(ctx.workdir / "finetune" / name), cfg.mace.finetune.seed + k, name)
+                camp.store_model(model)
+                log.info("[step3] %s: %s", name, model.metrics)
+            shas.append(camp.load_model(name).sha256(".model"))
+        return digest(shas)
