@@ -1,0 +1,147 @@
+"""Config validation: every mistake is a one-line error naming the key or file."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from ase.build import bulk
+from ase.io import write
+
+from pyacemaker_hpc.config import ConfigError, Distillation, load_config, parse_config
+
+MINIMAL = {"system": {"elements": ["Cu"], "prototypes": [{"element": "Cu", "structure": "fcc"}]},
+           "distillation": {"step2_active_learning": {"dft_calculator": "ASE"}}}
+
+
+def _write(tmp_path, data, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def _err(tmp_path, data) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, data))
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_distillation_block_has_exactly_the_seed_keys_and_defaults():
+    d = Distillation().model_dump()
+    assert d == {
+        "enable_mace_distillation": True,
+        "step1_direct_sampling": {"target_points": 100, "objective": "maximize_entropy"},
+        "step2_active_learning": {"uncertainty_threshold": 0.8, "dft_calculator": "VASP"},
+        "step3_mace_finetune": {"base_model": "MACE-MP-0", "epochs": 50},
+        "step4_surrogate_sampling": {"target_points": 1000, "method": "mace_md"},
+        "step7_pacemaker_finetune": {"enable": True, "weight_dft": 10.0},
+    }
+
+
+def test_minimal_config_is_valid(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    assert cfg.dft_calculator == "ase"
+    assert cfg.distillation.step1_direct_sampling.target_points == 100
+
+
+def test_quickstart_config_is_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = load_config("configs/quickstart.yaml")
+    finally:
+        os.chdir(cwd)
+    assert cfg.dft_calculator == "gpaw"
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    msg = _err(tmp_path, "system:\n  elements: [Cu\n")
+    assert "malformed YAML" in msg and "line" in msg
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    data = {**MINIMAL, "distillation": {"step1_direct_sampling": {"target_point": 5}}}
+    msg = _err(tmp_path, data)
+    assert "distillation.step1_direct_sampling.target_point" in msg
+    assert "did you mean 'target_points'" in msg
+
+
+def test_unknown_top_level_section_suggests(tmp_path):
+    msg = _err(tmp_path, {**MINIMAL, "pacemakr": {}})
+    assert "'pacemakr'" in msg and "did you mean 'pacemaker'" in msg
+
+
+def test_wrong_type_names_key(tmp_path):
+    data = {**MINIMAL, "distillation": {"step3_mace_finetune": {"epochs": "many"}}}
+    msg = _err(tmp_path, data)
+    assert "distillation.step3_mace_finetune.epochs" in msg and "'many'" in msg
+
+
+@pytest.mark.parametrize("value", [0, -5])
+def test_non_positive_counts(tmp_path, value):
+    data = {**MINIMAL, "distillation": {"step1_direct_sampling": {"target_points": value}}}
+    msg = _err(tmp_path, data)
+    assert "target_points" in msg and "greater than 0" in msg
+
+
+def test_missing_seed_file(tmp_path):
+    data = {"system": {"elements": ["Cu"], "seed_structures": ["nope.xyz"]}}
+    msg = _err(tmp_path, data)
+    assert "system.seed_structures[0]" in msg and "nope.xyz" in msg
+
+
+def test_elements_in_structures_not_in_config(tmp_path):
+    p = tmp_path / "nicu.xyz"
+    write(p, bulk("Ni", cubic=True))
+    msg = _err(tmp_path, {"system": {"elements": ["Cu"], "seed_structures": [str(p)]}})
+    assert "['Ni']" in msg and "system.elements" in msg
+
+
+def test_overlapping_atoms_in_seed(tmp_path):
+    at = bulk("Cu", cubic=True)
+    at.positions[1] = at.positions[0] + [0.3, 0, 0]
+    p = tmp_path / "bad.xyz"
+    write(p, at)
+    msg = _err(tmp_path, {"system": {"elements": ["Cu"], "seed_structures": [str(p)]}})
+    assert "overlap" in msg and "atoms 0 and 1" in msg
+
+
+def test_missing_potcar_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("VASP_PP_PATH", raising=False)
+    data = {**MINIMAL, "distillation": {"step2_active_learning": {"dft_calculator": "VASP"}}}
+    assert "VASP_PP_PATH" in _err(tmp_path, data)
+    data["dft"] = {"vasp": {"pp_path": str(tmp_path / "potcars")}}
+    assert "POTCAR directory not found" in _err(tmp_path, data)
+
+
+def test_base_model_path_must_exist(tmp_path):
+    data = {**MINIMAL, "distillation": {"step2_active_learning": {"dft_calculator": "ASE"},
+                                        "step3_mace_finetune": {"base_model": "models/missing.model"}}}
+    msg = _err(tmp_path, data)
+    assert "base_model" in msg and "missing.model" in msg
+
+
+def test_foundation_names_accepted_without_file(tmp_path):
+    for name in ("MACE-MP-0", "small", "medium-mpa-0"):
+        data = {**MINIMAL, "distillation": {"step2_active_learning": {"dft_calculator": "ASE"},
+                                            "step3_mace_finetune": {"base_model": name}}}
+        assert load_config(_write(tmp_path, data)).distillation.step3_mace_finetune.base_model == name
+
+
+def test_unknown_dft_calculator(tmp_path):
+    data = {**MINIMAL, "distillation": {"step2_active_learning": {"dft_calculator": "QE"}}}
+    assert "dft_calculator" in _err(tmp_path, data)
+
+
+def test_cli_validate_exits_2_with_one_line(tmp_path, capsys):
+    from pyacemaker_hpc.cli import main
+
+    p = _write(tmp_path, {**MINIMAL, "seeds": 1})
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'seeds'" in err and "did you mean 'seed'" in err

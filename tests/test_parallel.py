@@ -1,0 +1,61 @@
+"""Rank roles and the task farm, with real mpirun."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyacemaker_hpc.parallel.team import ROLES, Team, assign_groups
+
+HERE = Path(__file__).parent
+MPIRUN = Path(sys.executable).parent / "mpirun"
+
+
+def test_groups_with_enough_ranks():
+    g = assign_groups({"descriptor": 1, "dft": 2, "mace": 1, "train": 1}, [1, 2, 3, 4, 5])
+    assert g["train"] == [5] and g["descriptor"] == [1] and g["dft"] == [2, 3] and g["mace"] == [4]
+
+
+def test_groups_wrap_when_few_ranks():
+    g = assign_groups({"descriptor": 1, "dft": 4, "mace": 2, "train": 1}, [1])
+    assert all(g[r] == [1] for r in ROLES)
+
+
+def test_leftover_ranks_join_dft():
+    g = assign_groups({"descriptor": 1, "dft": 1, "mace": 1, "train": 1}, list(range(1, 8)))
+    assert g["dft"] == [2, 4, 5, 6] and g["train"] == [7]
+
+
+def test_serial_team_without_mpirun(monkeypatch):
+    for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID", "HYDRA_CONTROL_FD"):
+        monkeypatch.delenv(k, raising=False)
+    t = Team.create({})
+    assert t.serial and t.is_coordinator and t.groups["dft"] == [0]
+
+
+def _run(n, costs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    res = subprocess.run([str(MPIRUN), "-n", str(n), sys.executable, str(HERE / "mpi_scripts" / "farm_check.py"),
+                          ",".join(map(str, costs))], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = next(l for l in res.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[7:])
+
+
+@pytest.mark.mpirun
+def test_farm_one_task_at_a_time_under_mpirun():
+    # one long task and many short ones: dynamic farming keeps the makespan near the long one
+    costs = [1.5] + [0.1] * 12
+    out = _run(4, costs)
+    assert out["size"] == 4
+    ranks = out["ranks"]
+    assert len(ranks) == 13
+    assert "task 3 fails on purpose" in ranks["3"]  # a failing task is reported, others go on
+    used = {r for r in ranks.values() if isinstance(r, int)}
+    assert used <= set(out["groups"]["dft"]) and len(used) >= 2
+    ideal = max(1.5, sum(costs) / len(out["groups"]["dft"]))
+    assert out["wall"] < ideal * 1.2 + 0.5, out
