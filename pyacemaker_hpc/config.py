@@ -120,7 +120,7 @@ class DescriptorCfg(_Strict):
 class VaspCfg(_Strict):
     incar: dict[str, Any] = {"encut": 520, "ediff": 1e-6, "ismear": 0, "sigma": 0.05,
                              "prec": "Accurate", "lreal": False, "nelm": 100}
-    kpoint_density: float = Field(30.0, gt=0)  # k-points per reciprocal A (ASE kpts density)
+    kpoint_density: float = Field(4.0, gt=0)  # ASE's density: k-points per 2*pi/A, Gamma-centred
     setups: dict[str, str] | str = "recommended"
     command: list[str] = ["vasp_std"]
     pp_path: Optional[str] = None  # default: $VASP_PP_PATH
@@ -130,7 +130,7 @@ class VaspCfg(_Strict):
 class GpawCfg(_Strict):
     ecut: float = Field(300.0, gt=0)
     xc: str = "PBE"
-    kpoint_density: float = Field(3.5, gt=0)  # k-points per reciprocal A (ASE kpts density)
+    kpoint_density: float = Field(2.0, gt=0)  # ASE's density: k-points per 2*pi/A
     smearing_width: float = Field(0.1, ge=0)
     extra: dict[str, Any] = {}
 
@@ -147,6 +147,9 @@ class DftCfg(_Strict):
     max_retries: int = Field(2, ge=0)
     retry_failed_on_restart: bool = False
     max_force: float = Field(50.0, gt=0)  # eV/A: larger forces are a failed label
+    #: which energy a label carries: the force-consistent free energy (what the forces are
+    #: the gradient of, and what pacemaker's pace_collect stores) or the sigma->0 extrapolation
+    energy: Literal["free", "sigma0"] = "free"
 
 
 class FinetuneCfg(_Strict):

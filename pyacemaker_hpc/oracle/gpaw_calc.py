@@ -1,0 +1,123 @@
+"""GPAW in-process, plane-wave mode (``dft.gpaw`` in config.yaml).
+
+MPI: the installed GPAW is built without MPI in its C extension (``cgpaw.have_mpi`` is
+False), and GPAW's default "serial" backend refuses to import under an MPI launcher
+(mpiexec/srun set PMI_SIZE/PMIX_RANK). ``import_gpaw`` therefore selects GPAW's
+``mpi4py`` backend when it sees a launcher, and every calculator gets an explicit
+communicator: GPAW's serial communicator (one rank computes one structure, the default
+of a DFT role group), or an mpi4py sub-communicator passed as ``comm`` (all its ranks
+call ``label`` together; k-points are then shared out). Checked here under
+``mpiexec -n 2``: a 2-rank sub-communicator gives the serial energy to 1e-11 eV.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ase import Atoms
+from ase.calculators.calculator import kpts2sizeandoffsets
+
+from ..config import GpawCfg
+from ..core.models import Label
+from ._common import AttemptFailed, RetryingOracle
+from .ase_calc import check_energy_kind, results_of
+
+#: environment variables by which GPAW itself recognises an MPI launcher
+_LAUNCHER_VARS = ("PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "I_MPI_MPIRUN")
+_DEFAULT_MAXITER = 333  # GPAW 26's default
+#: gentler mixers, tried after a larger iteration limit alone did not converge
+_MIXERS = ({"name": "pulay", "beta": 0.05, "nmaxold": 5, "weight": 50.0},
+           {"name": "pulay", "beta": 0.02, "nmaxold": 8, "weight": 100.0})
+
+
+def import_gpaw():
+    """Import gpaw so that it works both serially and on one rank of an mpirun job."""
+    import gpaw
+
+    if ("gpaw._broadcast_imports" not in sys.modules and gpaw.GPAW_MPI_BACKEND is None
+            and any(v in os.environ for v in _LAUNCHER_VARS)):
+        gpaw.GPAW_MPI_BACKEND = "mpi4py"
+    import gpaw.mpi  # noqa: F401 - fixes the backend now
+
+    return gpaw
+
+
+class GpawOracle(RetryingOracle):
+    """PBE (or ``cfg.xc``) plane waves at ``cfg.ecut``, Gamma-centred Monkhorst-Pack
+    k-points from ``cfg.kpoint_density`` (ASE's definition: points per 2*pi/A), Fermi-Dirac
+    smearing ``cfg.smearing_width``; ``cfg.extra`` is passed to GPAW last (it wins).
+
+    Fallback ladder on SCF non-convergence (``KohnShamConvergenceError``): twice the
+    iteration limit; then also a Pulay mixer with beta 0.05 (nmaxold 5, weight 50); then
+    three times the limit with beta 0.02 (nmaxold 8, weight 100). The log of each attempt
+    is ``gpaw.txt`` in the work directory (earlier attempts in ``attemptN/``).
+    """
+
+    name = "gpaw"
+
+    def __init__(self, cfg: GpawCfg | None = None, *, max_retries: int = 2, max_force: float = 50.0,
+                 reuse: bool = True, comm=None, energy: str = "free"):
+        super().__init__(max_retries=max_retries, max_force=max_force, reuse=reuse)
+        self.energy = check_energy_kind(energy)
+        self.cfg = cfg or GpawCfg()
+        gpaw = import_gpaw()
+        self._comm = comm if comm is not None and comm.Get_size() > 1 else None
+        if self._comm is None:
+            self._gpaw_comm = gpaw.mpi.serial_comm
+        else:
+            if gpaw.GPAW_MPI_BACKEND != "mpi4py":
+                raise ValueError("GpawOracle(comm=...) with more than one rank needs GPAW's mpi4py "
+                                 "backend: set GPAW_MPI_BACKEND=mpi4py or run under mpirun/srun")
+            from gpaw.mpi4pywrapper import MPI4PYWrapper
+
+            self._gpaw_comm = MPI4PYWrapper(self._comm)
+
+    def settings(self) -> dict:
+        return {"gpaw": self.cfg.model_dump(mode="json"), "energy": self.energy}
+
+    def parameters(self, atoms: Atoms) -> dict:
+        """The GPAW keyword arguments for ``atoms`` (before any ladder change)."""
+        size, _ = kpts2sizeandoffsets(density=self.cfg.kpoint_density, gamma=True, atoms=atoms)
+        params = {"mode": {"name": "pw", "ecut": float(self.cfg.ecut)}, "xc": self.cfg.xc,
+                  "kpts": {"size": tuple(int(k) for k in size), "gamma": True},
+                  "occupations": {"name": "fermi-dirac", "width": float(self.cfg.smearing_width)}}
+        params.update({k: v for k, v in self.cfg.extra.items() if k not in ("txt", "communicator")})
+        return params
+
+    def ladder(self, attempt: int) -> dict | None:
+        base = int(self.cfg.extra.get("maxiter") or _DEFAULT_MAXITER)
+        steps = [{}, {"maxiter": 2 * base}, {"maxiter": 2 * base, "mixer": _MIXERS[0]},
+                 {"maxiter": 3 * base, "mixer": _MIXERS[1]}]
+        return steps[attempt] if attempt < len(steps) else None
+
+    def _is_writer(self) -> bool:
+        return self._comm is None or self._comm.Get_rank() == 0
+
+    def _agree(self, obj):
+        return obj if self._comm is None else self._comm.bcast(obj, root=0)
+
+    def _run(self, atoms: Atoms, workdir: Path, changes: dict) -> Label:
+        from gpaw import GPAW, KohnShamConvergenceError
+
+        params = {**self.parameters(atoms), **changes}
+        log = workdir / "gpaw.txt"
+        calc = GPAW(**params, txt=str(log), communicator=self._gpaw_comm)
+        a = atoms.copy()
+        a.calc = calc
+        try:
+            energy, forces, stress = results_of(a, self.energy)
+        except KohnShamConvergenceError as err:
+            mixer = params.get("mixer", "GPAW default")
+            kind = type(err).__name__
+            raise AttemptFailed(
+                "scf_not_converged",
+                f"GPAW {kind}: no SCF convergence within maxiter={params.get('maxiter', _DEFAULT_MAXITER)} "
+                f"(mixer {mixer}); log {log}") from None
+        except Exception as err:  # noqa: BLE001 - deterministic: a ladder will not help
+            raise AttemptFailed("calculator_error", f"GPAW {type(err).__name__}: {err}; log {log}",
+                                retry=False) from None
+        finally:
+            a.calc = None
+            del calc
+        return Label(energy=energy, forces=forces, stress=stress)

@@ -1,0 +1,463 @@
+"""The DFT Calculator (oracle/dft.py): real parsers, a real VASP runner, real GPAW and EMT.
+
+VASP itself is not installed: its ``command`` is a small Python script that copies the
+real outputs in ../shared/data/vasp into the run folder and exits with a chosen code, so
+the runner, the parser and the failure detection all run for real.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.io import read
+
+from pyacemaker_hpc.config import Config, GpawCfg, VaspCfg
+from pyacemaker_hpc.core.interfaces import Oracle
+from pyacemaker_hpc.core.models import DONE, FAILED, Label
+from pyacemaker_hpc.oracle.dft import (
+    FAILURE_CATEGORIES,
+    AseOracle,
+    GpawOracle,
+    VaspOracle,
+    category_of,
+    import_labelled,
+    make_dft_oracle,
+    parse_vasp_dir,
+    summarise_failures,
+)
+
+FAKE_VASP = textwrap.dedent('''\
+    """Stands in for VASP: copies real outputs from SRC into the cwd, exits with CODE."""
+    import os, re, shutil, sys, time
+    src, code, mode, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {os.getcwd()}\\n")
+    print("fake vasp: running in", os.getcwd(), flush=True)
+    if mode == "sleep":
+        time.sleep(60)
+    for name in ("vasprun.xml", "OUTCAR", "OSZICAR"):
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), name)
+    incar = open("INCAR").read()
+    if mode == "unconverged_if_fast" and re.search(r"^\\s*ALGO\\s*=\\s*Fast", incar, re.M | re.I):
+        # what VASP writes when the SCF stops at NELM: as many steps as NELM allows
+        text = open("vasprun.xml").read()
+        n = text[text.index("<calculation>"):].count("<scstep>")
+        text = re.sub(r'(name="NELM">)\\s*\\d+', lambda m: m.group(1) + f"{n:6d}", text)
+        open("vasprun.xml", "w").write(text)
+    if code:
+        print("fake vasp: something went wrong", file=sys.stderr)
+    sys.exit(code)
+''')
+
+
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vasp_data(shared_dir) -> Path:
+    d = shared_dir / "data" / "vasp"
+    if not (d / "MgO_complete" / "vasprun.xml").is_file():
+        pytest.skip(f"{d}/MgO_complete/vasprun.xml is missing")
+    return d
+
+
+@pytest.fixture(scope="module")
+def mgo(vasp_data) -> Atoms:
+    """The structure of the MgO run, as a user would hand it to the oracle."""
+    at = read(vasp_data / "MgO_complete" / "vasprun.xml", format="vasp-xml")
+    return Atoms(at.numbers, positions=at.positions, cell=at.cell, pbc=True)
+
+
+@pytest.fixture
+def vasp_env(tmp_path):
+    """Fake POTCARs (header lines only: ASE copies them and never checks the physics)
+    and the fake executable; ``make(src, code, mode, **cfg)`` builds a VaspOracle."""
+    pp = tmp_path / "pp"
+    for el, zval in (("Mg", 2.0), ("O", 6.0)):
+        (pp / "potpaw_PBE" / el).mkdir(parents=True)
+        (pp / "potpaw_PBE" / el / "POTCAR").write_text(
+            f"  PAW_PBE {el} 08Apr2002\n {zval:.1f}\n parameters from PSCTR are:\n"
+            f"   TITEL  = PAW_PBE {el} 08Apr2002\n   POMASS =   1.000; ZVAL   =    {zval:.3f}\n"
+            "End of Dataset\n")
+    script = tmp_path / "fake_vasp.py"
+    script.write_text(FAKE_VASP)
+    log = tmp_path / "calls.log"
+
+    def make(src: Path, code: int = 0, mode: str = "copy", max_retries: int = 2, **cfg) -> VaspOracle:
+        incar = {"encut": 400, "ismear": 0, "sigma": 0.05, "nelm": 100, "algo": "Fast"}
+        incar.update(cfg.pop("incar", {}))
+        fields = {"incar": incar, "kpoint_density": 2.0, "pp_path": str(pp),
+                  "command": [sys.executable, str(script), str(src), str(code), mode, str(log)], **cfg}
+        vcfg = VaspCfg(**fields)
+        return VaspOracle(vcfg, max_retries=max_retries, kill_grace_s=2.0)
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    return make, calls, tmp_path / "runs"
+
+
+# ---------------------------------------------------------------------------------------
+# parsing real VASP output
+def test_parse_complete_vasprun_matches_ase(vasp_data):
+    xml = vasp_data / "MgO_complete" / "vasprun.xml"
+    ref = read(xml, format="vasp-xml")
+    lab = parse_vasp_dir(vasp_data / "MgO_complete")
+    assert lab.status == DONE and lab.ok, lab.error
+    assert lab.energy == ref.get_potential_energy(force_consistent=True)  # TOTEN, free energy
+    assert lab.energy == pytest.approx(-47.14178735, abs=1e-8)
+    np.testing.assert_array_equal(lab.forces, ref.get_forces())
+    np.testing.assert_array_equal(lab.stress, ref.get_stress(voigt=True))
+    assert lab.stress.shape == (6,)
+    sigma0 = parse_vasp_dir(vasp_data / "MgO_complete", energy="sigma0")
+    assert sigma0.energy == ref.get_potential_energy()
+
+
+def test_aborted_run_is_a_failed_label_not_an_exception(vasp_data):
+    lab = parse_vasp_dir(vasp_data / "Ta_aborted")
+    assert lab.status == FAILED and not lab.ok
+    assert category_of(lab.error) == "truncated_output"
+    assert "vasprun.xml" in lab.error and "ends early" in lab.error
+    assert "OSZICAR: 0 electronic steps" in lab.error
+    missing = parse_vasp_dir(vasp_data)  # a folder without vasprun.xml
+    assert category_of(missing.error) == "missing_output"
+    # an SCF that used all NELM steps is not converged (pymatgen's rule: steps < NELM)
+    assert category_of(parse_vasp_dir(vasp_data / "MgO_complete", nelm=82).error) == "scf_not_converged"
+    assert parse_vasp_dir(vasp_data / "MgO_complete", nelm=83).ok
+
+
+def test_parse_restores_the_input_atom_order(vasp_data, tmp_path):
+    """ASE's VASP writer groups atoms by element; ase-sort.dat maps them back."""
+    import shutil
+
+    shutil.copy(vasp_data / "MgO_complete" / "vasprun.xml", tmp_path / "vasprun.xml")
+    order = np.array([1, 0, 2, 3, 5, 4, 6, 7])  # resort column: input i = VASP's order[i]
+    (tmp_path / "ase-sort.dat").write_text("".join(f"{i} {j}\n" for i, j in zip(order, order)))
+    ref = parse_vasp_dir(vasp_data / "MgO_complete")
+    lab = parse_vasp_dir(tmp_path)
+    np.testing.assert_array_equal(lab.forces, ref.forces[order])
+    assert lab.energy == ref.energy
+
+
+# ---------------------------------------------------------------------------------------
+# the VASP runner with a stand-in executable
+def test_vasp_runner_success_and_no_recompute(vasp_env, vasp_data, mgo):
+    make, calls, runs = vasp_env
+    oracle = make(vasp_data / "MgO_complete")
+    assert isinstance(oracle, Oracle) and oracle.name == "vasp"
+    wd = runs / "mgo"
+    lab = oracle.label(mgo, str(wd))
+    assert lab.ok, lab.error
+    ref = parse_vasp_dir(vasp_data / "MgO_complete")
+    assert lab.energy == ref.energy
+    np.testing.assert_array_equal(lab.forces, ref.forces)
+    np.testing.assert_array_equal(lab.stress, ref.stress)
+    assert lab.seconds > 0
+    # inputs written by ASE from the config; outputs of the executable kept
+    incar = (wd / "INCAR").read_text()
+    assert "ALGO = Fast" in incar and "ENCUT = 400" in incar and "NSW = 0" in incar
+    assert "IBRION = -1" in incar and "LWAVE = .FALSE." in incar
+    assert (wd / "KPOINTS").read_text().splitlines()[2] == "Gamma"
+    potcar = (wd / "POTCAR").read_text()
+    assert potcar.index("PAW_PBE Mg") < potcar.index("PAW_PBE O")
+    assert read(wd / "POSCAR", format="vasp").get_chemical_formula() == "Mg4O4"
+    assert "fake vasp: running" in (wd / "vasp.out").read_text()
+    assert len(calls()) == 1
+    # asking again (a restart) returns the cached result without running anything
+    again = oracle.label(mgo, str(wd))
+    assert again.ok and again.energy == lab.energy and len(calls()) == 1
+    # another structure in the same folder is not served from that cache: the output
+    # (still MgO's) no longer matches what was asked for
+    moved = mgo.copy()
+    moved.positions[0] += 0.1
+    bad = oracle.label(moved, str(wd))
+    assert category_of(bad.error) == "output_mismatch" and len(calls()) == 2
+    assert (wd / "previous1" / "vasprun.xml").is_file()  # the earlier run's files, kept
+
+
+def test_vasp_nonzero_exit_is_retried_then_failed(vasp_env, vasp_data, mgo):
+    make, calls, runs = vasp_env
+    lab = make(vasp_data / "MgO_complete", code=3, max_retries=1).label(mgo, str(runs / "x"))
+    assert lab.status == FAILED
+    assert category_of(lab.error) == "nonzero_exit"
+    assert "exited with code 3" in lab.error and "something went wrong" in lab.error
+    assert "after 2 attempts" in lab.error
+    assert len(calls()) == 2
+    assert "ALGO = Normal" in (runs / "x" / "INCAR").read_text()
+    assert (runs / "x" / "attempt1" / "vasp.err").read_text().strip() == "fake vasp: something went wrong"
+
+
+def test_vasp_walltime_stops_the_run(vasp_env, vasp_data, mgo):
+    make, calls, runs = vasp_env
+    oracle = make(vasp_data / "MgO_complete", mode="sleep", walltime_s=1.0)
+    t0 = time.perf_counter()
+    lab = oracle.label(mgo, str(runs / "slow"))
+    elapsed = time.perf_counter() - t0
+    assert lab.status == FAILED and category_of(lab.error) == "walltime", lab.error
+    assert "walltime_s = 1 s" in lab.error
+    assert elapsed < 20
+    assert len(calls()) == 1  # a wall-time stop is not retried
+    pid = int(calls()[0].split()[0])
+    with pytest.raises(ProcessLookupError):  # the stand-in VASP is gone
+        os.kill(pid, 0)
+
+
+def test_vasp_scf_not_converged_then_retry_with_next_algo(vasp_env, vasp_data, mgo):
+    make, calls, runs = vasp_env
+    wd = runs / "scf"
+    lab = make(vasp_data / "MgO_complete", mode="unconverged_if_fast").label(mgo, str(wd))
+    assert lab.ok, lab.error
+    assert len(calls()) == 2
+    assert "ALGO = Normal" in (wd / "INCAR").read_text()  # the ladder's next rung
+    kept = wd / "attempt1"
+    assert "ALGO = Fast" in (kept / "INCAR").read_text()
+    assert (kept / "vasprun.xml").is_file() and (kept / "vasp.out").is_file()
+    assert category_of(parse_vasp_dir(kept).error) == "scf_not_converged"
+    # without retries the same run is a failed label that says why
+    failed = make(vasp_data / "MgO_complete", mode="unconverged_if_fast", max_retries=0).label(
+        mgo, str(runs / "scf0"))
+    assert category_of(failed.error) == "scf_not_converged"
+    assert "reached NELM = 82" in failed.error
+
+
+def test_vasp_ladder_mirrors_custodian(vasp_env, vasp_data):
+    make, _, _ = vasp_env
+    oracle = make(vasp_data / "MgO_complete", max_retries=5)
+    assert [oracle.incar_for(k).get("algo") for k in range(3)] == ["Fast", "Normal", "All"]
+    assert oracle.incar_for(3)["amix"] == 0.1 and oracle.incar_for(3)["bmix"] == 0.01
+    assert oracle.incar_for(4)["nelm"] == 200
+    assert oracle.ladder(5) is None
+
+
+def test_vasp_input_and_launch_errors(vasp_env, vasp_data, mgo, tmp_path):
+    make, calls, runs = vasp_env
+    no_pp = make(vasp_data / "MgO_complete", pp_path=str(tmp_path))  # no POTCARs there
+    lab = no_pp.label(mgo, str(runs / "nopp"))
+    assert category_of(lab.error) == "input_error" and "POTCAR" in lab.error
+    assert calls() == []
+    missing_exe = VaspOracle(VaspCfg(command=[str(tmp_path / "no_such_vasp")], kpoint_density=2.0,
+                                     pp_path=str(tmp_path / "pp")))
+    lab = missing_exe.label(mgo, str(runs / "noexe"))
+    assert category_of(lab.error) == "launch_error" and "no_such_vasp" in lab.error
+
+
+# ---------------------------------------------------------------------------------------
+# GPAW, in process
+@pytest.fixture(scope="module")
+def cu2() -> Atoms:
+    at = bulk("Cu", "fcc", a=3.6, orthorhombic=True)  # 2 atoms
+    at.rattle(0.05, seed=3)
+    return at
+
+
+def test_gpaw_matches_a_direct_gpaw_call(cu2, tmp_path):
+    from ase.calculators.calculator import kptdensity2monkhorstpack
+    from gpaw import GPAW, PW, FermiDirac
+
+    oracle = GpawOracle(GpawCfg(ecut=200, kpoint_density=1.0, smearing_width=0.1))
+    lab = oracle.label(cu2, str(tmp_path / "g"))
+    assert lab.ok, lab.error
+    assert lab.stress is not None and lab.stress.shape == (6,) and np.all(np.isfinite(lab.stress))
+    assert np.abs(lab.forces).max() > 0.01  # rattled: real forces
+    assert "Converged in" in (tmp_path / "g" / "gpaw.txt").read_text()
+
+    size = kptdensity2monkhorstpack(cu2, kptdensity=1.0, even=False)
+    a = cu2.copy()
+    a.calc = GPAW(mode=PW(200), xc="PBE", kpts={"size": size, "gamma": True},
+                  occupations=FermiDirac(0.1), txt=None)
+    assert lab.energy == pytest.approx(a.get_potential_energy(force_consistent=True), abs=1e-6)
+    np.testing.assert_allclose(lab.forces, a.get_forces(), atol=1e-6)
+    np.testing.assert_allclose(lab.stress, a.get_stress(), atol=1e-7)
+    # the free energy differs from GPAW's sigma->0 value (Fermi-Dirac 0.1 eV on a metal)
+    assert abs(lab.energy - a.get_potential_energy()) > 1e-3
+
+
+def test_gpaw_scf_failure_climbs_the_ladder(cu2, tmp_path):
+    cfg = GpawCfg(ecut=200, kpoint_density=1.0, extra={"maxiter": 5})
+    failed = GpawOracle(cfg, max_retries=0).label(cu2, str(tmp_path / "g0"))
+    assert failed.status == FAILED and category_of(failed.error) == "scf_not_converged"
+    assert "maxiter=5" in failed.error
+    oracle = GpawOracle(cfg, max_retries=2)
+    assert oracle.ladder(1) == {"maxiter": 10}
+    assert oracle.ladder(2)["mixer"]["beta"] == 0.05
+    lab = oracle.label(cu2, str(tmp_path / "g1"))
+    assert lab.ok, lab.error
+    assert (tmp_path / "g1" / "attempt1" / "gpaw.txt").is_file()
+
+
+GPAW_UNDER_MPIEXEC = textwrap.dedent('''\
+    import json, sys
+    from mpi4py import MPI
+    from ase.build import bulk
+    from pyacemaker_hpc.config import GpawCfg
+    from pyacemaker_hpc.oracle.dft import GpawOracle
+    comm, root = MPI.COMM_WORLD, sys.argv[1]
+    at = bulk("Cu", "fcc", a=3.6, orthorhombic=True)
+    at.rattle(0.05, seed=3)
+    cfg = GpawCfg(ecut=200, kpoint_density=1.0)
+    shared = GpawOracle(cfg, comm=comm).label(at, f"{root}/shared")  # both ranks, one structure
+    print(json.dumps({"rank": comm.rank, "kind": "shared", "error": shared.error,
+                      "energy": shared.energy}), flush=True)
+    if comm.rank == 1:  # one DFT rank alone, the other busy elsewhere
+        own = GpawOracle(cfg).label(at, f"{root}/own")
+        print(json.dumps({"rank": 1, "kind": "own", "error": own.error, "energy": own.energy}), flush=True)
+    comm.Barrier()
+''')
+
+
+def test_gpaw_under_mpiexec(cu2, tmp_path):
+    """Under an MPI launcher GPAW's default serial backend refuses to import; the oracle
+    selects GPAW's mpi4py backend and passes an explicit communicator."""
+    import json
+    import subprocess
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.is_file():
+        pytest.skip(f"no mpiexec beside {sys.executable}")
+    serial = GpawOracle(GpawCfg(ecut=200, kpoint_density=1.0)).label(cu2, str(tmp_path / "serial"))
+    script = tmp_path / "gpaw_mpi.py"
+    script.write_text(GPAW_UNDER_MPIEXEC)
+    env = {k: v for k, v in os.environ.items() if k != "GPAW_MPI_BACKEND"}
+    env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run([str(mpiexec), "-n", "2", sys.executable, str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert sorted((r["rank"], r["kind"]) for r in rows) == [(0, "shared"), (1, "own"), (1, "shared")]
+    for r in rows:
+        assert r["error"] == "" and r["energy"] == pytest.approx(serial.energy, abs=1e-6), r
+    assert (tmp_path / "shared" / "label.json").is_file()  # written once, by rank 0
+
+
+# ---------------------------------------------------------------------------------------
+# any ASE calculator
+def test_ase_oracle_emt_matches_direct_call(tmp_path):
+    from ase.calculators.emt import EMT
+
+    at = bulk("Cu", cubic=True)
+    at.rattle(0.05, seed=0)
+    oracle = AseOracle("ase.calculators.emt.EMT", {})
+    assert oracle.name == "ase-emt"
+    lab = oracle.label(at, str(tmp_path / "e"))
+    assert lab.ok
+    ref = at.copy()
+    ref.calc = EMT()
+    assert lab.energy == ref.get_potential_energy()
+    np.testing.assert_array_equal(lab.forces, ref.get_forces())
+    np.testing.assert_array_equal(lab.stress, ref.get_stress())
+    mol = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.4]])  # not periodic: no stress
+    assert AseOracle().label(mol, str(tmp_path / "m")).stress is None
+    with pytest.raises(ValueError, match="no_such_module"):
+        AseOracle("no_such_module.Calc")
+
+
+BAD_CALCS = textwrap.dedent('''\
+    import numpy as np
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class NaNCalc(Calculator):
+        implemented_properties = ["energy", "forces"]
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": float("nan"), "forces": np.zeros((len(atoms), 3))}
+
+    class HugeForceCalc(Calculator):
+        implemented_properties = ["energy", "forces"]
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            f = np.zeros((len(atoms), 3)); f[1, 2] = 1e3
+            self.results = {"energy": -1.0, "forces": f}
+
+    class CrashCalc(Calculator):
+        implemented_properties = ["energy", "forces"]
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            raise RuntimeError("licence server unreachable")
+''')
+
+
+@pytest.mark.parametrize("cls, category, needle, attempts", [
+    ("NaNCalc", "non_finite", "energy is nan", 1),
+    ("HugeForceCalc", "force_too_large", "1000.0 eV/A on atom 1", 1),
+    ("CrashCalc", "calculator_error", "licence server unreachable", 3),
+])
+def test_bad_calculators_give_failed_labels(tmp_path, monkeypatch, cls, category, needle, attempts):
+    (tmp_path / "bad_calcs.py").write_text(BAD_CALCS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    oracle = AseOracle(f"bad_calcs.{cls}", max_retries=2)
+    lab = oracle.label(bulk("Cu", cubic=True), str(tmp_path / "w"))
+    assert lab.status == FAILED and category_of(lab.error) == category, lab.error
+    assert needle in lab.error
+    assert (f"after {attempts} attempts" in lab.error) == (attempts > 1)
+    assert not (tmp_path / "w" / "label.json").exists()  # failures are not cached
+
+
+# ---------------------------------------------------------------------------------------
+def test_import_labelled_formats(shared_dir, vasp_data, tmp_path):
+    xyz = shared_dir / "data" / "dft" / "Cu_gpaw_pbe_4atom.xyz"
+    s = import_labelled(xyz, energy_key="DFT_energy", forces_key="DFT_forces", stress_key="DFT_stress")
+    frames = read(xyz, index=":")
+    assert len(s) == len(frames) == 150 and len(s.usable()) == 150
+    assert s.labels[7].energy == frames[7].info["DFT_energy"]
+    np.testing.assert_array_equal(s.labels[7].forces, frames[7].arrays["DFT_forces"])
+    np.testing.assert_array_equal(s.labels[7].stress, frames[7].info["DFT_stress"])
+    assert s.structures[7].calc is None and "DFT_energy" not in s.structures[7].info
+    with pytest.raises(ValueError, match="Cu_gpaw_pbe_4atom.xyz: frame 0 has no 'energy'"):
+        import_labelled(xyz)
+
+    import pandas as pd
+
+    pckl = shared_dir / "data" / "dft" / "Cu-I_pbe.pckl.gzip"
+    df = pd.read_pickle(pckl, compression="gzip")
+    s = import_labelled(pckl)
+    assert len(s) == len(df) == 105
+    assert [lab.energy for lab in s.labels] == df["energy_corrected"].tolist()
+    np.testing.assert_array_equal(s.labels[-1].forces, df["forces"].iloc[-1])
+    assert len(s.structures[-1]) == len(df["ase_atoms"].iloc[-1])
+
+    s = import_labelled(vasp_data / "MgO_complete" / "vasprun.xml")
+    ref = parse_vasp_dir(vasp_data / "MgO_complete")
+    assert len(s) == 1 and s.labels[0].energy == ref.energy
+    assert s.structures[0].get_chemical_formula() == "Mg4O4"
+
+    s = import_labelled(vasp_data)  # a folder of runs: one good, one aborted
+    assert [lab.status for lab in s.labels] == [DONE, FAILED]
+    assert len(s.usable()) == 1 and len(s.structures[1]) == 144  # structure from POSCAR
+    assert summarise_failures(s) == {"truncated_output": 1}
+
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a structure\n")
+    with pytest.raises(ValueError, match="notes.txt"):
+        import_labelled(junk)
+    with pytest.raises(ValueError, match="Ta_aborted"):
+        import_labelled(vasp_data / "Ta_aborted" / "vasprun.xml")
+
+
+def test_summarise_failures_and_categories():
+    labels = [Label.failed("scf_not_converged: x"), Label.failed("walltime: y"),
+              Label.failed("scf_not_converged: z [after 3 attempts: a, b, c]"),
+              Label(energy=float("nan"), forces=np.zeros((1, 3))),
+              Label(energy=1.0, forces=np.zeros((1, 3)))]
+    assert summarise_failures(labels) == {"scf_not_converged": 2, "non_finite": 1, "walltime": 1}
+    assert {"scf_not_converged", "walltime", "truncated_output", "nonzero_exit"} <= set(FAILURE_CATEGORIES)
+
+
+def test_make_dft_oracle_follows_the_config(tmp_path, monkeypatch):
+    def cfg(kind: str, **dft) -> Config:
+        return Config.model_validate({
+            "system": {"elements": ["Cu"], "prototypes": [{"element": "Cu"}]},
+            "distillation": {"step2_active_learning": {"dft_calculator": kind}},
+            "dft": {"max_retries": 1, "max_force": 20.0, **dft}})
+
+    ase_oracle = make_dft_oracle(cfg("ASE", ase={"import_path": "ase.calculators.emt.EMT"}))
+    assert isinstance(ase_oracle, AseOracle) and ase_oracle.max_retries == 1
+    assert ase_oracle.max_force == 20.0
+    gp = make_dft_oracle(cfg("GPAW", gpaw={"ecut": 250}))
+    assert isinstance(gp, GpawOracle) and gp.cfg.ecut == 250
+    vp = make_dft_oracle(cfg("VASP", vasp={"command": ["vasp_std"], "pp_path": str(tmp_path)}))
+    assert isinstance(vp, VaspOracle) and vp.potcar_dir() == tmp_path.resolve()

@@ -1,0 +1,134 @@
+"""The whole pipeline on tiny settings: serial, under mpirun -n 2, resumed after a kill,
+and re-run after a config change. Real MACE, real pacemaker, EMT as the 'DFT'."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+from pipeline_config import HELPERS, dft_calls, tiny_config
+
+BIN = Path(sys.executable).parent
+ALL_STEPS = ["step1_sampling", "step2_active_learning", "step3_finetune", "step4_surrogate_sampling",
+             "step5_surrogate_labelling", "step6_base_ace", "step7_delta_learning", "evaluate"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]))
+    return env
+
+
+def _run(config: Path, nranks: int = 0, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "pyacemaker-hpc"), str(config)]
+    if nranks:
+        cmd = [str(BIN / "mpirun"), "-n", str(nranks), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+
+
+def _steps(h5: Path) -> dict:
+    with h5py.File(h5, "r") as f:
+        return {s: dict(f["steps"][s].attrs) for s in f["steps"]}
+
+
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory, tiny_mace_model, tiny_mace_committee):
+    tmp = tmp_path_factory.mktemp("serial")
+    cfg = tiny_config(tmp, str(tiny_mace_model), [str(p) for p in tiny_mace_committee])
+    t0 = time.time()
+    res = _run(cfg)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return tmp, cfg, res, time.time() - t0
+
+
+def test_full_pipeline_serial(serial_run):
+    tmp, cfg, res, _ = serial_run
+    steps = _steps(tmp / "campaign.h5")
+    assert [s for s in ALL_STEPS if steps[s]["status"] == "done"] == ALL_STEPS
+    with h5py.File(tmp / "campaign.h5", "r") as f:
+        n_sel = f["structures/selected"].attrs["n"]
+        n_dft = f["structures/dft"].attrs["n"]
+        assert n_sel == 12 and n_dft == 6  # threshold 0.5: the most uncertain half
+        assert f["structures/surrogate"].attrs["n"] == 30
+        st = f["labels/surrogate/mace/status"][()].astype(str)
+        assert (st == "done").all()
+        for m in ("mace_ft_0", "ace_base", "ace_final", "ace_dft_only"):
+            assert m in f["models"], m
+        ev = json.loads(f["metrics/evaluation"][()])
+    assert set(ev["models"]) == {"foundation MACE", "fine-tuned MACE", "base ACE (step 6)", "final ACE",
+                                 "ACE on DFT labels only"}
+    assert all(m["n"] == 5 for m in ev["models"].values())
+    out = tmp / "results"
+    for name in ("potential.yaml", "potential.yace", "potential.asi", "mace_finetuned.model",
+                 "dft_dft.xyz", "surrogate_mace.xyz", "holdout_dft.xyz", "in.lammps", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert "final ACE" in res.stdout  # the comparison table is printed
+    # every DFT call was for a distinct structure: 6 training + 5 held-out
+    calls = dft_calls(tmp)
+    assert len(calls) == 11 and len(set(calls)) == 11
+
+
+def test_rerun_is_a_no_op(serial_run):
+    tmp, cfg, _, first = serial_run
+    before = _steps(tmp / "campaign.h5")
+    n_calls = len(dft_calls(tmp))
+    t0 = time.time()
+    res = _run(cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = _steps(tmp / "campaign.h5")
+    assert all(after[s]["finished"] == before[s]["finished"] for s in ALL_STEPS)  # nothing recomputed
+    assert len(dft_calls(tmp)) == n_calls
+    assert time.time() - t0 < 60 and time.time() - t0 < first
+
+
+def test_changing_step7_reruns_only_step7(serial_run, tmp_path):
+    tmp, cfg, _, _ = serial_run
+    data = yaml.safe_load(cfg.read_text())
+    data["distillation"]["step7_pacemaker_finetune"]["weight_dft"] = 3.0
+    cfg.write_text(yaml.safe_dump(data))
+    before = _steps(tmp / "campaign.h5")
+    n_calls = len(dft_calls(tmp))
+    res = _run(cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = _steps(tmp / "campaign.h5")
+    rerun = [s for s in ALL_STEPS if after[s]["finished"] != before[s]["finished"]]
+    assert rerun == ["step7_delta_learning", "evaluate"]
+    assert len(dft_calls(tmp)) == n_calls
+
+
+@pytest.mark.mpirun
+def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, tiny_mace_committee):
+    """mpirun -n 2; SIGKILL the job while step 2 runs DFT; re-run: no finished DFT call is
+    repeated (at most the one in flight), the campaign completes."""
+    cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7)
+    cmd = [str(BIN / "mpirun"), "-n", "2", str(BIN / "pyacemaker-hpc"), str(cfg)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while len(dft_calls(tmp_path)) < 3:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before_kill = dft_calls(tmp_path)
+    assert 3 <= len(before_kill) < 6
+    with h5py.File(tmp_path / "campaign.h5", "r") as f:  # the file opens after SIGKILL
+        assert f["steps/step2_active_learning"].attrs["status"] == "running"
+    res = _run(cfg, nranks=2)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    calls = dft_calls(tmp_path)
+    repeated = [k for k, n in Counter(calls).items() if n > 1]
+    assert len(repeated) <= 1, repeated  # only the calculation in flight may be repeated
+    assert len(set(calls)) == 11
+    steps = _steps(tmp_path / "campaign.h5")
+    assert all(steps[s]["status"] == "done" for s in ALL_STEPS)
