@@ -355,7 +355,8 @@ def check_files_and_physics(cfg: Config, source: str) -> None:
         _check_seed_file(f, allowed, cfg.generator.min_distance_factor, source)
 
     base = cfg.distillation.step3_mace_finetune.base_model
-    if not is_foundation_name(base) and not Path(base).is_file():
+    uses_mace = cfg.distillation.enable_mace_distillation or cfg.descriptors.kind == "mace"
+    if uses_mace and not is_foundation_name(base) and not Path(base).is_file():
         raise ConfigError(
             f"{source}: distillation.step3_mace_finetune.base_model: neither a MACE foundation "
             f"name ({', '.join(sorted(MACE_FOUNDATION_NAMES))}) nor an existing file: {base}")
