@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from ase.io import read
 
+from ..core.models import structure_uid
 from ..parallel import TaskFailed
 from .context import Step, StepContext, digest
 from .tasks import descriptor_task
@@ -83,6 +84,12 @@ class Sampling(Step):
         seeds = seed_structures(cfg)
         gen = MutationGenerator(cfg.generator, cfg.system.elements)
         pool = gen.generate(seeds, np.random.default_rng(cfg.seed))
+        seen = {a.info.get("uid") for a in pool}
+        for k, s in enumerate(seeds):  # the ideal cells themselves are candidates too
+            s = s.copy()
+            s.info.update(uid=structure_uid(s), provenance=s.info.get("provenance") or f"seed{k}")
+            if s.info["uid"] not in seen:
+                pool.append(s)
         log.info("[step1] %d candidates from %d seeds (%d rejected as overlapping)", len(pool),
                  len(seeds), gen.n_rejected)
         camp.write_structures("pool", pool)
