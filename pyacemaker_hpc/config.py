@@ -209,9 +209,12 @@ class EvaluationCfg(_Strict):
 
 
 class ParallelCfg(_Strict):
-    descriptor: int = Field(1, ge=1)
-    dft: int = Field(1, ge=1)
-    mace: int = Field(1, ge=1)
+    """Worker ranks per role group; 0 = every worker rank (groups may overlap, since the
+    steps run one after another). ``train`` takes the last rank(s): give them the GPU."""
+
+    descriptor: int = Field(0, ge=0)
+    dft: int = Field(0, ge=0)
+    mace: int = Field(0, ge=0)
     train: int = Field(1, ge=1)
 
 

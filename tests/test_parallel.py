@@ -20,14 +20,19 @@ def test_groups_with_enough_ranks():
     assert g["train"] == [5] and g["descriptor"] == [1] and g["dft"] == [2, 3] and g["mace"] == [4]
 
 
+def test_zero_means_every_worker():
+    g = assign_groups({"train": 1}, [1, 2, 3, 4])
+    assert g["dft"] == g["mace"] == g["descriptor"] == [1, 2, 3, 4] and g["train"] == [4]
+
+
 def test_groups_wrap_when_few_ranks():
     g = assign_groups({"descriptor": 1, "dft": 4, "mace": 2, "train": 1}, [1])
     assert all(g[r] == [1] for r in ROLES)
 
 
-def test_leftover_ranks_join_dft():
-    g = assign_groups({"descriptor": 1, "dft": 1, "mace": 1, "train": 1}, list(range(1, 8)))
-    assert g["dft"] == [2, 4, 5, 6] and g["train"] == [7]
+def test_sizes_spread_over_ranks():
+    g = assign_groups({"descriptor": 1, "dft": 1, "mace": 1, "train": 2}, list(range(1, 8)))
+    assert g["descriptor"] == [1] and g["dft"] == [2] and g["mace"] == [3] and g["train"] == [6, 7]
 
 
 def test_serial_team_without_mpirun(monkeypatch):

@@ -103,24 +103,31 @@ class Farm:
         idle = list(workers)
         done = 0
         status = MPI.Status()
+        def dispatch(w: int) -> None:
+            key, fn, args = queue.pop()
+            comm.send((key, fn, args), dest=w, tag=_TASK)
+            busy[w] = key
+
+        poll = _Backoff()
         while queue or busy:
             while idle and queue and not _stop_requested:
-                key, fn, args = queue.pop()
-                w = idle.pop(0)
-                comm.send((key, fn, args), dest=w, tag=_TASK)
-                busy[w] = key
+                dispatch(idle.pop(0))
             if _stop_requested and (not busy or time.time() - _stop_time > GRACE_S):
                 check_stop()
             if comm.Iprobe(source=MPI.ANY_SOURCE, tag=_RESULT, status=status):
                 src = status.Get_source()
                 key, res = comm.recv(source=src, tag=_RESULT)
                 busy.pop(src, None)
-                idle.append(src)
+                if queue and not _stop_requested:
+                    dispatch(src)  # the worker gets its next task before rank 0 commits
+                else:
+                    idle.append(src)
                 on_result(key, res)
                 done += 1
                 progress.tick()
+                poll.reset()
             else:
-                time.sleep(POLL_S)
+                poll.wait()
         check_stop()
         return done
 
@@ -146,10 +153,12 @@ class Farm:
 
         comm = self.team.comm
         status = MPI.Status()
+        poll = _Backoff()
         while True:
             if not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
-                time.sleep(POLL_S)
+                poll.wait()
                 continue
+            poll.reset()
             tag = status.Get_tag()
             msg = comm.recv(source=0, tag=tag)
             if tag == _STOP:
@@ -160,6 +169,22 @@ class Farm:
             except Exception:  # noqa: BLE001 - sent to rank 0 as data
                 res = TaskFailed(key, traceback.format_exc())
             comm.send((key, res), dest=0, tag=_RESULT)
+
+
+class _Backoff:
+    """Sleep between polls: 0.5 ms at first, doubling to POLL_S, so a reply that is
+    already there costs no full sleep (MPICH's first Iprobe often misses a message that
+    has arrived) and a long wait does not spin a core."""
+
+    def __init__(self):
+        self.dt = 0.0005
+
+    def reset(self) -> None:
+        self.dt = 0.0005
+
+    def wait(self) -> None:
+        time.sleep(self.dt)
+        self.dt = min(self.dt * 2, POLL_S)
 
 
 class Progress:

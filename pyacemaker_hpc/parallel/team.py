@@ -1,10 +1,11 @@
 """Who does what: rank 0 coordinates (and alone writes the campaign); the other ranks are
 split into role groups sized by the config's ``parallel:`` section.
 
-With fewer worker ranks than the groups ask for, ranks serve several roles (a 2-rank job
-has one worker doing everything); with no worker at all (no mpirun) rank 0 runs every task
-itself. The ``train`` group gets the last worker rank, the one the job script pins to the
-GPU when there is one.
+Groups may overlap (the steps run one after another, so a rank serving several roles is
+never asked for two things at once); a 2-rank job has one worker doing everything; with no
+worker at all (no mpirun) rank 0 runs every task itself. The ``train`` group gets the last
+worker rank(s), the one the job script pins to the GPU when there is one; its
+``Comm.Split`` colour is the rank's first role.
 """
 from __future__ import annotations
 
@@ -61,24 +62,24 @@ class Team:
 
 
 def assign_groups(sizes: dict[str, int], workers: list[int]) -> dict[str, list[int]]:
-    """Give each role its requested number of worker ranks, wrapping when there are fewer.
+    """Worker ranks of each role.
 
-    The train role takes the last worker; the others fill the remaining ranks in order
-    (descriptor, dft, mace), cycling so that every role has at least one rank.
+    The train role takes the last ``train`` workers (the GPU ranks). A size of 0 for
+    descriptor, dft or mace means every worker: the steps run one after another, so ranks
+    that serve several roles are never idle while others work. A positive size takes that
+    many workers, cycling through them so roles spread over different ranks.
     """
     if not workers:
         return {r: [0] for r in ROLES}
-    groups: dict[str, list[int]] = {"train": [workers[-1]]}
-    others = workers[:-1] or workers
+    n_train = max(1, int(sizes.get("train", 1)))
+    groups: dict[str, list[int]] = {"train": workers[-n_train:]}
     pos = 0
     for role in ("descriptor", "dft", "mace"):
-        want = max(1, int(sizes.get(role, 1)))
-        chosen = []
-        for _ in range(min(want, len(others))):
-            chosen.append(others[pos % len(others)])
-            pos += 1
+        want = int(sizes.get(role, 0))
+        if want <= 0 or want >= len(workers):
+            groups[role] = list(workers)
+            continue
+        chosen = [workers[(pos + i) % len(workers)] for i in range(want)]
+        pos += want
         groups[role] = sorted(set(chosen))
-    # ranks left over after every role got its share join the DFT group (the costly one)
-    used = {r for ranks in groups.values() for r in ranks}
-    groups["dft"] = sorted(set(groups["dft"]) | {w for w in others if w not in used})
     return groups

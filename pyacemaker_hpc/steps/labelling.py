@@ -44,6 +44,7 @@ def label_set_with_dft(ctx: StepContext, set_name: str) -> LabelledSet:
         if res.status != DONE:
             log.warning("[dft] %s item %d failed: %s", set_name, i, res.error)
 
+    todo.sort(key=lambda i: -len(structures[i]))  # largest first: fewer idle ranks at the end
     tasks = [(i, dft_task, (cfg, structures[i], str(ctx.workdir / "dft" / structures[i].info["uid"])))
              for i in todo]
     ctx.farm.map("dft", tasks, on_result, label=f"DFT {set_name}")

@@ -16,7 +16,7 @@ def work(k, seconds):
 
 
 def main():
-    team = Team.create({"descriptor": 1, "dft": 8, "mace": 1, "train": 1})
+    team = Team.create({"train": 1})
     farm = Farm(team)
     if not team.is_coordinator:
         farm.serve()
