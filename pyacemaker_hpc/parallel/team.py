@@ -54,6 +54,9 @@ class Team:
         comm = comm if comm is not None else _world()
         if comm is None or comm.Get_size() == 1:
             return cls(comm=comm, rank=0, size=1, groups={r: [0] for r in ROLES})
+        from .environment import make_ase_serial
+
+        make_ase_serial()
         rank, size = comm.Get_rank(), comm.Get_size()
         groups = assign_groups(sizes, list(range(1, size)))
         primary = next((i for i, r in enumerate(ROLES) if rank in groups[r]), len(ROLES))

@@ -89,8 +89,7 @@ class Evaluate(Step):
 
     def inputs(self, ctx):
         cfg = ctx.cfg
-        models = {n: ctx.camp.load_model(n).metrics.get("seconds", 0) for n in ctx.camp.model_names()
-                  if n != "ace_dft_only"}
+        models = [n for n in ctx.camp.model_names() if n != "ace_dft_only"]
         return {"evaluation": cfg.section_dict("evaluation"), "dft": dft_settings_key(ctx),
                 "models": sorted(models), "pacemaker": cfg.section_dict("pacemaker"),
                 "upstream": [ctx.output_hash(s) for s in ("step2_active_learning", "step3_finetune",
@@ -143,6 +142,4 @@ def print_table(summary: dict) -> None:
         if m.get("n"):
             lines.append(f"{name:<26} {m['energy_rmse_meV_atom']:>16.1f} {m['energy_rmse_shifted_meV_atom']:>17.1f} "
                          f"{m['force_rmse_meV_A']:>13.1f}")
-    text = "\n".join(lines)
-    log.info("\n%s", text)
-    print(text, flush=True)
+    print("\n".join(lines), flush=True)

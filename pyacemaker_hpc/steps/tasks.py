@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
+from ..parallel.environment import serial_children
 
 
 # ------------------------------------------------------------------ descriptors
@@ -29,7 +30,6 @@ def descriptor_task(kind: str, pooling: tuple, mace_model: str | None, elements:
 # ------------------------------------------------------------------ DFT
 @functools.lru_cache(maxsize=2)
 def _dft_oracle(cfg_json: str):
-    from ..config import Config
     from ..oracle.dft import make_dft_oracle
 
     return make_dft_oracle(Config.model_validate_json(cfg_json))
@@ -72,7 +72,8 @@ def finetune_task(cfg: Config, base_model: str, train, workdir: str, seed: int, 
 
     ft = MaceFinetuner(base_model, cfg.distillation.step3_mace_finetune.epochs, cfg.mace.finetune,
                        device=pick_device(cfg.mace.device), default_dtype=cfg.mace.default_dtype, seed=seed)
-    return ft.fit(train, workdir, name=name, valid=valid)
+    with serial_children():
+        return ft.fit(train, workdir, name=name, valid=valid)
 
 
 # ------------------------------------------------------------------ pacemaker
@@ -90,12 +91,14 @@ def pacemaker_trainer(cfg: Config, e0: dict):
 
 
 def ace_fit_task(cfg: Config, e0: dict, train, workdir: str, name: str, initial=None, weights=None):
-    return pacemaker_trainer(cfg, e0).fit(train, workdir, initial=initial, name=name, weights=weights)
+    with serial_children():
+        return pacemaker_trainer(cfg, e0).fit(train, workdir, initial=initial, name=name, weights=weights)
 
 
 def delta_task(cfg: Config, e0: dict, base, surrogate, dft, workdir: str):
     from ..trainer.delta import delta_fit
 
-    return delta_fit(pacemaker_trainer(cfg, e0), base, surrogate, dft,
-                     mode=cfg.pacemaker.delta_mode,
-                     weight_dft=cfg.distillation.step7_pacemaker_finetune.weight_dft, workdir=workdir)
+    with serial_children():
+        return delta_fit(pacemaker_trainer(cfg, e0), base, surrogate, dft,
+                         mode=cfg.pacemaker.delta_mode,
+                         weight_dft=cfg.distillation.step7_pacemaker_finetune.weight_dft, workdir=workdir)
