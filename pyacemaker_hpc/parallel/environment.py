@@ -24,15 +24,18 @@ def serial_child_env(base: dict | None = None) -> dict:
 
 @contextmanager
 def serial_children():
-    """Within the block, subprocesses of this rank start without MPI launcher variables."""
-    saved = dict(os.environ)
+    """Within the block, subprocesses of this rank start without MPI launcher variables.
+
+    Only those variables are taken out and put back: anything else the block sets (mace
+    sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD when imported) stays.
+    """
+    removed = {k: v for k, v in os.environ.items() if k.startswith(MPI_PREFIXES)}
+    for k in removed:
+        del os.environ[k]
     try:
-        os.environ.clear()
-        os.environ.update(serial_child_env(saved))
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        os.environ.update(removed)
 
 
 def make_ase_serial() -> None:
