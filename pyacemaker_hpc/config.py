@@ -154,7 +154,9 @@ class DftCfg(_Strict):
 
 class FinetuneCfg(_Strict):
     method: Literal["naive", "multihead"] = "naive"
-    e0s: str = "average"  # average | foundation | estimated | {Z: E0} as a JSON string
+    #: E0s for fine-tuning: estimated (least-squares correction of the foundation's E0s; for a
+    #: DFT reference unlike the foundation's), foundation, average (naive only), or a JSON dict
+    e0s: str = "estimated"
     energy_weight: float = Field(10.0, ge=0)
     forces_weight: float = Field(100.0, ge=0)
     stress_weight: float = Field(10.0, ge=0)

@@ -38,8 +38,18 @@ def import_gpaw():
     if ("gpaw._broadcast_imports" not in sys.modules and gpaw.GPAW_MPI_BACKEND is None
             and any(v in os.environ for v in _LAUNCHER_VARS)):
         gpaw.GPAW_MPI_BACKEND = "mpi4py"
-    import gpaw.mpi  # noqa: F401 - fixes the backend now
+    # GPAW checks at import that ASE's world has its size; the ranks of this tool keep ASE
+    # serial (parallel.environment.make_ase_serial), so GPAW imports against an ASE world
+    # that is not yet initialised (no check), and ASE is serial again afterwards.
+    import ase.parallel
 
+    saved = ase.parallel.world.comm
+    if isinstance(saved, ase.parallel.DummyMPI):
+        ase.parallel.world.comm = None
+    try:
+        import gpaw.mpi  # noqa: F401 - fixes the backend now
+    finally:
+        ase.parallel.world.comm = saved
     return gpaw
 
 

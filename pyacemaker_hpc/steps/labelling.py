@@ -38,6 +38,7 @@ def label_set_with_dft(ctx: StepContext, set_name: str) -> LabelledSet:
 
     def on_result(i, res):
         if isinstance(res, TaskFailed):  # the oracle itself crashed: record, keep going
+            log.error("[dft] %s item %d: the oracle crashed:\n%s", set_name, i, res.error)
             res = Label.failed(f"oracle crashed: {res.error.strip().splitlines()[-1]}")
         cache_label(camp, "dft", key, structures[i].info["uid"], res)
         cache[structures[i].info["uid"]] = res

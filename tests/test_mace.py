@@ -1,0 +1,285 @@
+"""MaceCommittee (batched labels, uncertainty), MD sampling, MaceFinetuner, model resolution.
+
+Everything runs on the tiny real MACE models of conftest (trained on the fly on EMT Cu);
+nothing is downloaded. The demo-foundation check runs when the shipped models exist.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from pyacemaker_hpc.config import FinetuneCfg, MdCfg, closest_pair_violation
+from pyacemaker_hpc.core.models import LabelledSet, TrainedModel
+from pyacemaker_hpc.oracle import mace_surrogate as ms
+from pyacemaker_hpc.oracle.mace_surrogate import (MaceCommittee, ModelLoadError, pick_device,
+                                                  resolve_model, run_md_replica)
+from pyacemaker_hpc.tools.toy_data import label_with, perturbed_bulk
+from pyacemaker_hpc.trainer.mace_finetune import (MaceFinetuner, MaceTrainError,
+                                                  foundation_replay_set, parse_e0s,
+                                                  parse_error_table)
+
+torch.set_num_threads(1)
+DATA = Path(__file__).resolve().parents[1] / "pyacemaker_hpc" / "data"
+
+
+def _compressed_rattled(n: int, compress: float, rattle: float, seed: int = 0):
+    out = []
+    for k in range(n):
+        a = bulk("Cu", cubic=True)
+        a.set_cell(a.cell * (1 - compress), scale_atoms=True)
+        a.rattle(rattle, seed=seed + k)
+        out.append(a)
+    return out
+
+
+def _mixed_cells():
+    """Cells of 1, 2, 4, 8 and 16 atoms, strained and rattled, plus one isolated cluster."""
+    cells = [bulk("Cu"), bulk("Cu").repeat((2, 1, 1)), *perturbed_bulk("Cu", n=3, seed=3),
+             *perturbed_bulk("Cu", n=2, seed=4, repeat=(2, 1, 1)),
+             *perturbed_bulk("Cu", n=1, seed=5, repeat=(2, 2, 1))]
+    cluster = bulk("Cu", cubic=True)
+    cluster.pbc = False
+    cluster.cell = [0, 0, 0]
+    cluster.rattle(0.05, seed=1)
+    return cells + [cluster]
+
+
+# ----------------------------------------------------------------------------------------
+# uncertainty
+def test_identical_members_have_exactly_zero_spread(tiny_mace_model):
+    comm = MaceCommittee([str(tiny_mace_model)] * 2)
+    u = comm.uncertainty(perturbed_bulk("Cu", n=4, seed=7) + _compressed_rattled(2, 0.1, 0.3))
+    assert np.array_equal(u.energy_std, np.zeros(6))
+    assert np.array_equal(u.force_std, np.zeros(6))
+
+
+def test_single_member_uncertainty_is_zeros(tiny_mace_model):
+    u = MaceCommittee([str(tiny_mace_model)]).uncertainty(perturbed_bulk("Cu", n=3, seed=1))
+    assert u.energy_std.shape == (3,) and not u.energy_std.any() and not u.force_std.any()
+
+
+def test_committee_spread_grows_off_distribution(tiny_mace_committee):
+    comm = MaceCommittee([str(p) for p in tiny_mace_committee])
+    train_like = perturbed_bulk("Cu", n=10, seed=99)  # what the members were trained on
+    # the conftest members had 3 epochs on 24 cells: their spread is large everywhere, so
+    # "off-distribution" must be clearly off: 25 % compression and 0.3 A rattles
+    far = _compressed_rattled(10, 0.25, 0.3)
+    u_in, u_out = comm.uncertainty(train_like), comm.uncertainty(far)
+    assert np.all(u_in.force_std > 0) and np.all(u_in.energy_std > 0)
+    assert u_out.force_std.mean() > 1.3 * u_in.force_std.mean()
+    # the definition of core.models.Uncertainty, recomputed from predict_all
+    e, f, _ = comm.predict_all(far)
+    ref = max(np.sqrt(np.var(np.stack([f[0][0], f[1][0]]), axis=0).sum(axis=1)))
+    assert u_out.force_std[0] == pytest.approx(ref, rel=1e-12)
+    assert u_out.energy_std[0] == pytest.approx(np.std(e[:, 0] / 4), rel=1e-12)
+
+
+@pytest.mark.skipif(not (DATA / "cu_demo_foundation_s2.model").is_file(),
+                    reason="demo foundation not built (scripts/build_demo_foundation.py)")
+def test_demo_foundation_committee_spread_grows_off_distribution():
+    comm = MaceCommittee([str(DATA / f"cu_demo_foundation_s{s}.model") for s in (0, 1, 2)])
+    train_like = perturbed_bulk("Cu", n=8, seed=3, a=3.55, strain=0.04, rattle=(0.03, 0.1))
+    u_in = comm.uncertainty(train_like)
+    u_comp = comm.uncertainty(_compressed_rattled(8, 0.10, 0.05))
+    u_ratt = comm.uncertainty(_compressed_rattled(8, 0.0, 0.35))
+    assert u_comp.energy_std.mean() > 2 * u_in.energy_std.mean()
+    assert u_ratt.force_std.mean() > 2 * u_in.force_std.mean()
+
+
+# ----------------------------------------------------------------------------------------
+# labels
+def test_batched_labels_match_the_ase_calculator(tiny_mace_model):
+    torch.set_default_dtype(torch.float32)  # mace must not leave its dtype behind
+    comm = MaceCommittee([str(tiny_mace_model)], batch_size=4)
+    cells = _mixed_cells()
+    labels = comm.label_batch(cells)
+    assert torch.get_default_dtype() == torch.float32
+    calc = comm.calculator()
+    for at, lab in zip(cells, labels):
+        a = at.copy()
+        a.calc = calc
+        assert lab.ok
+        assert abs(a.get_potential_energy() - lab.energy) < 1e-6
+        assert np.abs(a.get_forces() - lab.forces).max() < 1e-6
+        if all(at.pbc):
+            assert np.abs(a.get_stress(voigt=True) - lab.stress).max() < 1e-6
+        else:
+            assert lab.stress is None
+    assert torch.get_default_dtype() == torch.float32
+    assert comm.label_batch([]) == []
+    e, f, s = MaceCommittee([str(tiny_mace_model)] * 2).predict_all(cells)
+    assert e.shape == (2, len(cells)) and s.shape == (2, len(cells), 6)
+    assert [x.shape for x in f[1]] == [(len(c), 3) for c in cells]
+
+
+def test_unknown_element_is_a_clear_error(tiny_mace_model):
+    with pytest.raises(ValueError, match="unknown to MACE model"):
+        MaceCommittee([str(tiny_mace_model)]).label_batch([bulk("Al")])
+
+
+# ----------------------------------------------------------------------------------------
+# MD
+def test_md_replica_frames_are_physical(tiny_mace_model, tiny_mace_committee):
+    md = MdCfg(steps=40, timestep_fs=2.0, sample_interval=10, max_force=20.0,
+               min_distance_factor=0.6)
+    start = bulk("Cu", cubic=True).repeat((2, 1, 1))
+    frames, counts = run_md_replica(str(tiny_mace_model), start, temperature=300.0, strain=0.01,
+                                    md=md, seed=5)
+    assert counts["sampled"] == 4
+    discards = sum(counts[k] for k in ("non_finite", "min_distance", "max_force", "force_std"))
+    assert counts["kept"] + discards == counts["sampled"] == len(frames) + discards
+    for k, fr in enumerate(frames):
+        assert np.all(np.isfinite(fr.positions)) and fr.calc is None
+        assert closest_pair_violation(fr, md.min_distance_factor) is None
+        assert fr.info["provenance"] == f"md:T300:eps0.01:seed5:step{10 * (k + 1)}"
+    assert frames and not np.allclose(frames[0].positions, start.positions * 1.01)
+    assert frames[0].cell.volume == pytest.approx(start.cell.volume * 1.01 ** 3)
+
+    # a committee cut far below the tiny members' spread discards every frame, and says so
+    md_cut = md.model_copy(update={"max_force_std": 1e-3})
+    frames2, counts2 = run_md_replica(str(tiny_mace_model), start, temperature=300.0, strain=0.0,
+                                      md=md_cut, seed=5,
+                                      committee=[str(p) for p in tiny_mace_committee])
+    assert frames2 == [] and counts2["force_std"] == counts2["sampled"] == 4
+
+
+# ----------------------------------------------------------------------------------------
+# fine-tuning
+def test_naive_finetune_returns_a_loadable_different_model(tiny_mace_model, tmp_path):
+    data = label_with(perturbed_bulk("Cu", n=6, seed=11, strain=0.08))
+    cfg = FinetuneCfg(method="naive", e0s="foundation", batch_size=2)
+    model = MaceFinetuner(str(tiny_mace_model), 2, cfg).fit(data, tmp_path / "ft", name="ft")
+    assert isinstance(model, TrainedModel) and model.kind == "mace"
+    for key in ("valid_rmse_e_meV_per_atom", "valid_rmse_f_meV_per_A",
+                "initial_valid_rmse_e_meV_per_atom", "e0_Z29", "n_train", "n_valid"):
+        assert np.isfinite(model.metrics[key]), key
+    assert model.metrics["n_train"] + model.metrics["n_valid"] == 6
+    cmd = json.loads((tmp_path / "ft" / "command.json").read_text())
+    assert cmd[cmd.index("--multiheads_finetuning") + 1] == "False"
+    assert cmd[cmd.index("--stress_key") + 1] == "REF_stress"
+    assert cmd[cmd.index("--max_num_epochs") + 1] == "2"
+
+    path = model.write(tmp_path / "out")[".model"]
+    base = MaceCommittee([str(tiny_mace_model)]).label_batch(data.structures)
+    tuned = MaceCommittee([path]).label_batch(data.structures)
+    assert max(abs(a.energy - b.energy) for a, b in zip(base, tuned)) > 1e-3
+    assert max(np.abs(a.forces - b.forces).max() for a, b in zip(base, tuned)) > 1e-3
+
+    # continue from the fine-tuned model (initial=): the same architecture, valid given
+    again = MaceFinetuner(str(tiny_mace_model), 1, cfg).fit(
+        data, tmp_path / "ft2", initial=model, valid=label_with(perturbed_bulk("Cu", n=2, seed=12)))
+    assert again.metrics["n_valid"] == 2 and again.metrics["n_train"] == 6
+
+
+def test_multihead_finetune_with_offline_replay(tiny_mace_model, tmp_path):
+    data = label_with(perturbed_bulk("Cu", n=5, seed=21))
+    replay = foundation_replay_set(str(tiny_mace_model), perturbed_bulk("Cu", n=6, seed=22))
+    cfg = FinetuneCfg(method="multihead", e0s="estimated", batch_size=2)
+    with pytest.raises(MaceTrainError, match="replay"):
+        MaceFinetuner(str(tiny_mace_model), 1, cfg).fit(data, tmp_path / "none")
+    model = MaceFinetuner(str(tiny_mace_model), 1, cfg, replay=replay).fit(data, tmp_path / "mh")
+    cmd = json.loads((tmp_path / "mh" / "command.json").read_text())
+    assert cmd[cmd.index("--multiheads_finetuning") + 1] == "True"
+    assert cmd[cmd.index("--pt_train_file") + 1] == "replay.xyz"
+    assert cmd[cmd.index("--E0s") + 1] == "estimated"
+    assert model.metrics["multihead"] == 1.0 and model.metrics["n_replay"] == 6
+    comm = MaceCommittee([model.write(tmp_path / "out")[".model"]])
+    assert comm._meta[0]["heads"] == ["Default"]  # shipped with the replay head removed
+    assert all(lab.ok for lab in comm.label_batch(data.structures))
+
+
+def test_e0s_choices():
+    with pytest.raises(ValueError, match="multihead"):
+        MaceFinetuner("x.model", 1, FinetuneCfg(method="multihead", e0s="average"))
+    assert parse_e0s("average", "naive") == "average"
+    assert parse_e0s("Estimated", "multihead") == "estimated"
+    assert parse_e0s('{"Cu": -0.25}', "multihead") == "{29: -0.25}"
+    assert parse_e0s("{29: -0.25, 13: -0.1}", "naive") == "{13: -0.1, 29: -0.25}"
+    with pytest.raises(ValueError, match="e0s"):
+        parse_e0s("isolated", "naive")
+    with pytest.raises(ValueError, match="unknown element"):
+        parse_e0s('{"Xx": 1.0}', "naive")
+
+
+def test_mace_failure_carries_mace_error(tiny_mace_model, tmp_path):
+    fake = tmp_path / "mace_run_train"
+    fake.write_text("#!/bin/sh\necho 'INFO: starting'\necho 'Traceback (most recent call last):'\n"
+                    "echo 'ValueError: something mace said' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    data = label_with(perturbed_bulk("Cu", n=3, seed=1))
+    ft = MaceFinetuner(str(tiny_mace_model), 1, FinetuneCfg(), mace_run_train=str(fake))
+    with pytest.raises(MaceTrainError, match="something mace said") as err:
+        ft.fit(data, tmp_path / "fail")
+    assert "exit status 3" in str(err.value)
+    empty = LabelledSet([bulk("Cu")], [label_with([bulk("Cu")]).labels[0].failed("scf")])
+    with pytest.raises(MaceTrainError, match="no usable"):
+        ft.fit(empty, tmp_path / "fail2")
+
+
+def test_parse_error_table():
+    log = """INFO: Error-table on TRAIN and VALID:
++---------------+---------------------+------------------+-------------------+---------------------------------------+
+|  config_type  | RMSE E / meV / atom | RMSE F / meV / A | relative F RMSE % | RMSE Stress (Virials) / meV / A (A^3) |
++---------------+---------------------+------------------+-------------------+---------------------------------------+
+| train_Default |          145.6      |        269.2     |         33.05     |                    35.8               |
+| valid_Default |           63.1      |       1382.3     |         48.64     |                    87.6               |
+| valid_pt_head |            1.0      |          2.0     |          3.00     |                     4.0               |
++---------------+---------------------+------------------+-------------------+---------------------------------------+
+INFO: Done"""
+    m = parse_error_table(log)
+    assert m == {"train_rmse_e_meV_per_atom": 145.6, "train_rmse_f_meV_per_A": 269.2,
+                 "train_rmse_stress_meV_per_A3": 35.8, "valid_rmse_e_meV_per_atom": 63.1,
+                 "valid_rmse_f_meV_per_A": 1382.3, "valid_rmse_stress_meV_per_A3": 87.6}
+
+
+# ----------------------------------------------------------------------------------------
+# model names and devices
+def test_resolve_model_missing_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="neither an existing file nor a MACE-MP"):
+        resolve_model(str(tmp_path / "nope.model"))
+    with pytest.raises(ModelLoadError, match="not a MACE model|cannot load"):
+        bad = tmp_path / "bad.model"
+        bad.write_text("not a model")
+        MaceCommittee([str(bad)])
+
+
+def test_mace_mp_0_means_medium(monkeypatch, tmp_path):
+    import mace.calculators.foundations_models as fm
+
+    seen = []
+    target = tmp_path / "medium.model"
+    target.write_bytes(b"x")
+    monkeypatch.setattr(fm, "download_mace_mp_checkpoint", lambda m=None: seen.append(m) or str(target))
+    assert resolve_model("MACE-MP-0") == str(target)
+    assert seen == ["medium"]
+
+
+@pytest.mark.timeout(60)
+def test_resolve_model_unreachable_download(monkeypatch, tmp_path):
+    import mace.calculators.foundations_models as fm
+
+    with socket.socket() as s:  # a local port that nothing listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setitem(fm.mace_mp_urls, "medium", f"http://127.0.0.1:{port}/mace-medium.model")
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model("MACE-MP-0")
+    msg = str(err.value)
+    assert "'medium'" in msg and "local .model file" in msg
+    assert str(tmp_path / "empty_cache" / "mace") in msg
+    assert not list((tmp_path / "empty_cache" / "mace").glob("*.part"))
+
+
+def test_pick_device():
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ms.is_mace_foundation_name("MACE-MP-0") and ms.is_mace_foundation_name("medium-mpa-0")
