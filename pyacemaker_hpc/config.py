@@ -140,7 +140,18 @@ class AseCalcCfg(_Strict):
     kwargs: dict[str, Any] = {}
 
 
+class ExistingData(_Strict):
+    """DFT-labelled structures a user already has (extxyz, pacemaker DataFrame pickle,
+    vasprun.xml, or a folder of VASP runs), made with the same settings as ``dft:``."""
+
+    path: str
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+
+
 class DftCfg(_Strict):
+    existing_data: list[ExistingData] = []
     vasp: VaspCfg = VaspCfg()
     gpaw: GpawCfg = GpawCfg()
     ase: AseCalcCfg = AseCalcCfg()
@@ -369,6 +380,9 @@ def check_files_and_physics(cfg: Config, source: str) -> None:
         if not is_foundation_name(m) and not Path(m).is_file():
             raise ConfigError(f"{source}: mace.committee[{i}]: model file not found: {m}")
 
+    for i, ex in enumerate(cfg.dft.existing_data):
+        if not Path(ex.path).exists():
+            raise ConfigError(f"{source}: dft.existing_data[{i}].path: not found: {ex.path}")
     if cfg.evaluation.holdout_file and not Path(cfg.evaluation.holdout_file).is_file():
         raise ConfigError(f"{source}: evaluation.holdout_file: file not found: {cfg.evaluation.holdout_file}")
 

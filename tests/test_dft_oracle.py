@@ -461,3 +461,37 @@ def test_make_dft_oracle_follows_the_config(tmp_path, monkeypatch):
     assert isinstance(gp, GpawOracle) and gp.cfg.ecut == 250
     vp = make_dft_oracle(cfg("VASP", vasp={"command": ["vasp_std"], "pp_path": str(tmp_path)}))
     assert isinstance(vp, VaspOracle) and vp.potcar_dir() == tmp_path.resolve()
+
+
+def test_existing_data_joins_the_dft_set_without_recomputing(tmp_path, shared_dir):
+    """dft.existing_data: the user's labelled structures enter /structures/dft and are
+    never sent to the oracle; a wrong element stops with the file's name."""
+    from pyacemaker_hpc.campaign import Campaign
+    from pyacemaker_hpc.config import parse_config
+    from pyacemaker_hpc.parallel import Farm, Team
+    from pyacemaker_hpc.steps.context import StepContext
+    from pyacemaker_hpc.steps.labelling import import_existing_dft
+
+    src = shared_dir / "data" / "dft" / "Cu_gpaw_pbe_4atom.xyz"
+    cfg = parse_config({"system": {"elements": ["Cu"], "prototypes": [{"element": "Cu"}]},
+                        "descriptors": {"kind": "ace"},
+                        "distillation": {"enable_mace_distillation": False,
+                                         "step2_active_learning": {"dft_calculator": "ASE"}},
+                        "dft": {"existing_data": [{"path": str(src), "energy_key": "DFT_energy",
+                                                   "forces_key": "DFT_forces", "stress_key": "DFT_stress"}]}})
+    with Campaign(tmp_path / "c.h5") as camp:
+        ctx = StepContext(cfg, camp, Farm(Team.create({})), tmp_path / "w", tmp_path / "o")
+        ls = import_existing_dft(ctx)
+        assert len(ls) == 150 and camp.label_counts("dft_existing", "dft")["done"] == 150
+        back = camp.labelled_set("dft_existing", "dft")
+        assert abs(back.labels[3].energy - ls.labels[3].energy) < 1e-9
+    bad = parse_config({"system": {"elements": ["Ni"], "prototypes": [{"element": "Ni"}]},
+                        "descriptors": {"kind": "ace"},
+                        "distillation": {"enable_mace_distillation": False,
+                                         "step2_active_learning": {"dft_calculator": "ASE"}},
+                        "dft": {"existing_data": [{"path": str(src), "energy_key": "DFT_energy",
+                                                   "forces_key": "DFT_forces"}]}})
+    with Campaign(tmp_path / "d.h5") as camp:
+        ctx = StepContext(bad, camp, Farm(Team.create({})), tmp_path / "w", tmp_path / "o")
+        with pytest.raises(ValueError, match="Cu_gpaw_pbe_4atom.xyz: elements \\['Cu'\\]"):
+            import_existing_dft(ctx)

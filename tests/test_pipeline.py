@@ -43,7 +43,14 @@ def _steps(h5: Path) -> dict:
 @pytest.fixture(scope="module")
 def serial_run(tmp_path_factory, tiny_mace_model, tiny_mace_committee):
     tmp = tmp_path_factory.mktemp("serial")
-    cfg = tiny_config(tmp, str(tiny_mace_model), [str(p) for p in tiny_mace_committee])
+    # three structures the user already has DFT labels for (EMT here)
+    from pyacemaker_hpc.tools.toy_data import label_with, perturbed_bulk, write_mace_extxyz
+
+    write_mace_extxyz(label_with(perturbed_bulk("Cu", n=3, seed=99, a=3.6)), str(tmp / "mine.xyz"), prefix="DFT_")
+    existing = [{"path": str(tmp / "mine.xyz"), "energy_key": "DFT_energy", "forces_key": "DFT_forces",
+                 "stress_key": "DFT_stress"}]
+    cfg = tiny_config(tmp, str(tiny_mace_model), [str(p) for p in tiny_mace_committee],
+                      **{"dft.existing_data": existing})
     t0 = time.time()
     res = _run(cfg)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -57,7 +64,9 @@ def test_full_pipeline_serial(serial_run):
     with h5py.File(tmp / "campaign.h5", "r") as f:
         n_sel = f["structures/selected"].attrs["n"]
         n_dft = f["structures/dft"].attrs["n"]
-        assert n_sel == 12 and n_dft == 6  # threshold 0.5: the most uncertain half
+        assert n_sel == 12 and n_dft == 6 + 3  # threshold 0.5: the most uncertain half + existing
+        prov = f["structures/dft/provenance"][()].astype(str)
+        assert sum(p.startswith("existing:") for p in prov) == 3
         assert f["structures/surrogate"].attrs["n"] == 30
         st = f["labels/surrogate/mace/status"][()].astype(str)
         assert (st == "done").all()
@@ -72,7 +81,7 @@ def test_full_pipeline_serial(serial_run):
                  "dft_dft.xyz", "surrogate_mace.xyz", "holdout_dft.xyz", "in.lammps", "metrics.json"):
         assert (out / name).is_file(), name
     assert "final ACE" in res.stdout  # the comparison table is printed
-    # every DFT call was for a distinct structure: 6 training + 5 held-out
+    # every DFT call was for a distinct structure: 6 training + 5 held-out (existing: none)
     calls = dft_calls(tmp)
     assert len(calls) == 11 and len(set(calls)) == 11
 

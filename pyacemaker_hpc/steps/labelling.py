@@ -53,3 +53,40 @@ def label_set_with_dft(ctx: StepContext, set_name: str) -> LabelledSet:
     camp.init_labels(set_name, "dft", keep_existing=False)
     camp.put_labels(set_name, "dft", dict(enumerate(labels)))
     return LabelledSet(structures, labels)
+
+
+def existing_data_key(ctx: StepContext) -> list:
+    """Identity of the user's existing DFT files (path, size, mtime): a step input."""
+    import os
+
+    out = []
+    for ex in ctx.cfg.dft.existing_data:
+        st = os.stat(ex.path)
+        out.append([ex.model_dump(), st.st_size, int(st.st_mtime)])
+    return out
+
+
+def import_existing_dft(ctx: StepContext) -> LabelledSet:
+    """The user's existing DFT labels as the campaign set ``dft_existing`` (no calculation).
+
+    Steps 2, 3 and 7 and the plain loop train on them next to what the campaign computes.
+    """
+    from ..oracle.dft import import_labelled
+
+    camp, allowed = ctx.camp, set(ctx.cfg.system.elements)
+    found = LabelledSet([], [])
+    for ex in ctx.cfg.dft.existing_data:
+        ls = import_labelled(ex.path, energy_key=ex.energy_key, forces_key=ex.forces_key,
+                             stress_key=ex.stress_key).usable()
+        for at in ls.structures:
+            extra = set(at.get_chemical_symbols()) - allowed
+            if extra:
+                raise ValueError(f"{ex.path}: elements {sorted(extra)} are not in system.elements")
+            at.info.setdefault("provenance", f"existing:{ex.path}")
+        log.info("[dft] imported %d labelled structures from %s", len(ls), ex.path)
+        found = found + ls
+    if len(found):
+        camp.write_structures("dft_existing", found.structures)
+        camp.init_labels("dft_existing", "dft", keep_existing=False)
+        camp.put_labels("dft_existing", "dft", dict(enumerate(found.labels)))
+    return found

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.models import LabelledSet
 from .context import Step, StepContext, digest
-from .labelling import dft_settings_key, label_set_with_dft
+from .labelling import dft_settings_key, existing_data_key, import_existing_dft, label_set_with_dft
 from .s1_sampling import select
 from .tasks import ace_fit_task
 
@@ -51,7 +51,8 @@ class PlainDftLoop(Step):
     def inputs(self, ctx):
         cfg = ctx.cfg
         return {"al": cfg.section_dict("active_learning"), "pacemaker": cfg.section_dict("pacemaker"),
-                "dft": dft_settings_key(ctx), "upstream": ctx.output_hash("step1_sampling"), "seed": cfg.seed}
+                "dft": dft_settings_key(ctx), "existing": existing_data_key(ctx),
+                "upstream": ctx.output_hash("step1_sampling"), "seed": cfg.seed}
 
     def run(self, ctx):
         from ..trainer.active_set import extrapolation_grades
@@ -65,11 +66,12 @@ class PlainDftLoop(Step):
                            min(al.initial_dft, al.dft_budget, len(pool)), cfg.seed)
             camp.write_structures("al_iter0", [pool[i] for i in first])
         k, e0 = len(history), None
+        existing = import_existing_dft(ctx)  # the user's own DFT labels train from iteration 0
         while not (history and history[-1]["stop"]):
             label_set_with_dft(ctx, f"al_iter{k}")
             sets = [camp.labelled_set(f"al_iter{j}", "dft", usable_only=False) for j in range(k + 1)]
             n_dft = sum(len(s) for s in sets)  # calls paid for, failed ones included
-            train = sum(sets, LabelledSet([], [])).usable()
+            train = sum(sets, existing).usable()
             with camp.transaction():  # /structures/dft: every usable DFT label (export, evaluation)
                 camp.write_structures("dft", train.structures)
                 camp.init_labels("dft", "dft", keep_existing=False)

@@ -13,10 +13,10 @@ import logging
 
 import numpy as np
 
-from ..core.models import Uncertainty
+from ..core.models import LabelledSet, Uncertainty, structure_uid
 from ..parallel import TaskFailed
 from .context import Step, StepContext, digest
-from .labelling import dft_settings_key, label_set_with_dft
+from .labelling import dft_settings_key, existing_data_key, import_existing_dft, label_set_with_dft
 from .tasks import uncertainty_task
 
 log = logging.getLogger("pyacemaker_hpc")
@@ -70,7 +70,8 @@ class ActiveLearning(Step):
         cfg = ctx.cfg
         return {"step2": cfg.section_dict("distillation.step2_active_learning"),
                 "committee": [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee],
-                "dft": dft_settings_key(ctx), "upstream": ctx.output_hash("step1_sampling")}
+                "dft": dft_settings_key(ctx), "existing": existing_data_key(ctx),
+                "upstream": ctx.output_hash("step1_sampling")}
 
     def run(self, ctx):
         cfg, camp = ctx.cfg, ctx.camp
@@ -86,9 +87,19 @@ class ActiveLearning(Step):
         camp.write_structures("dft", [selected[i] for i in idx])
         camp.write_array("uncertainty/dft_index", idx)
         ls = label_set_with_dft(ctx, "dft")
+        existing = import_existing_dft(ctx)
+        if len(existing):  # the user's own DFT labels join the training set, uncomputed
+            known = {a.info["uid"] for a in ls.structures}
+            keep = [i for i, a in enumerate(existing.structures) if structure_uid(a) not in known]
+            ls = LabelledSet([existing.structures[i] for i in keep] + ls.structures,
+                             [existing.labels[i] for i in keep] + ls.labels)
+            camp.write_structures("dft", ls.structures)
+            camp.init_labels("dft", "dft", keep_existing=False)
+            camp.put_labels("dft", "dft", dict(enumerate(ls.labels)))
         counts = camp.label_counts("dft", "dft")
         camp.write_json("metrics/step2_active_learning", {
             "n_dft": len(ls), "n_done": counts["done"], "n_failed": counts["failed"],
+            "n_existing": len(existing),
             "force_std_threshold": float(unc.force_std[idx].min()) if len(idx) else None})
         if counts["done"] == 0:
             raise RuntimeError("every DFT calculation failed: see /labels/dft/dft/error in the campaign")
