@@ -12,10 +12,17 @@ import numpy as np
 
 from .campaign import Campaign
 
+#: pipeline order of the step names (both modes) for display
+STEP_ORDER = ("step1_sampling", "step2_active_learning", "plain_dft_loop", "step3_finetune",
+              "step4_surrogate_sampling", "step5_surrogate_labelling", "step6_base_ace",
+              "step7_delta_learning", "evaluate")
+
 
 def status_text(camp: Campaign) -> str:
     lines = [f"campaign {camp.path}"]
-    for name, info in camp.steps().items():
+    order = {n: i for i, n in enumerate(STEP_ORDER)}
+    steps = sorted(camp.steps().items(), key=lambda kv: order.get(kv[0], len(order)))
+    for name, info in steps:
         secs = info.get("seconds")
         t = f"{float(secs):8.1f} s" if secs not in (None, "") else " " * 10
         err = f"  {info.get('error')}" if info.get("error") else ""
