@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..campaign import cache_label, cached_labels
-from ..core.models import DONE, FAILED, Label, LabelledSet
+from ..core.models import DONE, FAILED, Label, LabelledSet, structure_uid
 from ..parallel import TaskFailed
 from .context import StepContext, digest
 from .tasks import dft_task
@@ -83,6 +83,7 @@ def import_existing_dft(ctx: StepContext) -> LabelledSet:
             if extra:
                 raise ValueError(f"{ex.path}: elements {sorted(extra)} are not in system.elements")
             at.info.setdefault("provenance", f"existing:{ex.path}")
+            at.info["uid"] = structure_uid(at)
         log.info("[dft] imported %d labelled structures from %s", len(ls), ex.path)
         found = found + ls
     if len(found):
