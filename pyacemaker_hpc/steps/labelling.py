@@ -82,7 +82,8 @@ def import_existing_dft(ctx: StepContext) -> LabelledSet:
             extra = set(at.get_chemical_symbols()) - allowed
             if extra:
                 raise ValueError(f"{ex.path}: elements {sorted(extra)} are not in system.elements")
-            at.info.setdefault("provenance", f"existing:{ex.path}")
+            own = at.info.get("provenance")
+            at.info["provenance"] = f"existing:{ex.path}" + (f":{own}" if own else "")
             at.info["uid"] = structure_uid(at)
         log.info("[dft] imported %d labelled structures from %s", len(ls), ex.path)
         found = found + ls
