@@ -4,10 +4,11 @@ Three things the distillation steps need from MACE, behind the ``SurrogateOracle
 contract of ``core/interfaces.py``:
 
 * **labels** (step 5) for thousands of small cells. ``MaceCommittee.label_batch`` builds
-  mace's own graphs (``AtomicData.from_config``) and runs the model on batches through
-  mace's ``DataLoader``, one model call per ``batch_size`` structures instead of one ASE
-  calculator call per structure. The numbers are identical to ``MACECalculator``'s (the
-  tests check 1e-6 eV and eV/A).
+  mace's own graphs (``AtomicData.from_config``), collates them once (mace's ``Batch``,
+  shared by committee members with the same elements/cutoff) and runs the model on
+  batches of at most ``batch_size`` structures and, on CPU, ``max_batch_atoms`` (128)
+  atoms, instead of one ASE calculator call per structure. The numbers are identical to
+  ``MACECalculator``'s (the tests check 1e-6 eV and eV/A).
 * **uncertainty** (step 2): the spread of a committee of MACE models (ensembles are the
   most reliable uncertainty in published comparisons). Per structure: the std of the
   energy per atom, and the max over atoms of sqrt(sum over x,y,z of the force variance),
@@ -166,13 +167,24 @@ class MaceCommittee:
 
     The first model is *the* surrogate: ``label_batch`` and ``calculator`` use it. All
     members enter ``predict_all`` and ``uncertainty``. Members may differ in size or
-    elements; graphs are built once per distinct (elements, cutoff, heads).
+    elements; graphs are built and collated once per distinct (elements, cutoff, heads).
+
+    Batches: consecutive structures, at most ``batch_size`` of them and at most
+    ``max_batch_atoms`` atoms together (a single larger structure is a batch of its own;
+    0 = no atom cap). ``None`` means 128 on CPU, where larger batches are slower per
+    structure (cache), and no cap on a GPU.
     """
 
     name = "mace"
 
+    #: CPU default of ``max_batch_atoms``: above ~128-256 atoms per model call the batched
+    #: tensors leave the CPU caches and the time per structure *grows* (measured with the
+    #: demo foundation, benchmarks/uncertainty.py: 32-atom cells at 32 per batch ran at 0.8x
+    #: the speed of one calculator call per structure, at 4 per batch at 1.6x)
+    CPU_MAX_BATCH_ATOMS = 128
+
     def __init__(self, models: list[str], device: str = "cpu", default_dtype: str = "float64",
-                 batch_size: int = 32, head: str | None = None):
+                 batch_size: int = 32, head: str | None = None, max_batch_atoms: int | None = None):
         if isinstance(models, (str, os.PathLike)):
             models = [models]
         if not models:
@@ -183,6 +195,9 @@ class MaceCommittee:
         self.device = pick_device(device)
         self.default_dtype = default_dtype
         self.batch_size = int(batch_size)
+        if max_batch_atoms is None:  # auto: a cap on CPU, none on a GPU (bigger is better there)
+            max_batch_atoms = self.CPU_MAX_BATCH_ATOMS if self.device == "cpu" else 0
+        self.max_batch_atoms = int(max_batch_atoms)
         self.head = head
         with torch_dtype(default_dtype):
             self.models = [load_mace_model(p, self.device, default_dtype) for p in self.paths]
@@ -219,18 +234,30 @@ class MaceCommittee:
                                                         heads=m["heads"]))
         return out
 
-    def _run(self, k: int, graphs: list, pbc: Sequence[bool]):
+    def _batches(self, graphs: list) -> list:
+        """Collated batches of ``graphs`` (see the class docstring for their size)."""
+        from mace.tools.torch_geometric.batch import Batch
+
+        out, i, n = [], 0, len(graphs)
+        while i < n:
+            j, atoms = i, 0
+            while j < n and j - i < self.batch_size:
+                na = int(graphs[j].num_nodes)
+                if j > i and self.max_batch_atoms and atoms + na > self.max_batch_atoms:
+                    break
+                atoms += na
+                j += 1
+            out.append(Batch.from_data_list(graphs[i:j]).to(self.device))
+            i = j
+        return out
+
+    def _run(self, k: int, batches: list, pbc: Sequence[bool]):
         """Energies (n,), forces list of (n_at,3), stress (n,6) (nan for non-periodic)."""
-        import torch
         from ase.stress import full_3x3_to_voigt_6_stress
-        from mace.tools import torch_geometric
 
         model = self.models[k]
-        loader = torch_geometric.dataloader.DataLoader(dataset=graphs, batch_size=self.batch_size,
-                                                       shuffle=False, drop_last=False)
         energies, forces, stress = [], [], []
-        for batch in loader:
-            batch = batch.to(self.device)
+        for batch in batches:
             out = model(batch.to_dict(), compute_force=True, compute_stress=True, training=False)
             e = out["energy"].detach().cpu().numpy()
             f = out["forces"].detach().cpu().numpy()
@@ -262,7 +289,7 @@ class MaceCommittee:
                 for k in members:
                     key = self._graph_key(k)
                     if key not in cache:
-                        cache[key] = self._graphs(chunk, k)
+                        cache[key] = self._batches(self._graphs(chunk, k))
                     e, f, s = self._run(k, cache[key], pbc)
                     res[k][0].append(e)
                     res[k][1].extend(f)
