@@ -36,11 +36,18 @@ FAILURE_CATEGORIES = {
     "launch_error": "the DFT executable could not be started",
     "calculator_error": "the calculator raised an exception",
     "io_error": "the work directory could not be created or written",
+    "process_crash": "the process running the calculation died with it in flight too often "
+                     "(dft.max_retries + 1 times): the job ended each time; not run again",
 }
 
 CACHE_FILE = "label.json"
+#: written before a calculation starts, removed when it returns (result or failure): found
+#: at the next start, it means the process died with the calculation in flight
+INFLIGHT_FILE = "calculation.inflight"
+#: how many times that happened (one integer); reset by a calculation that returns
+CRASH_COUNT_FILE = "process_crashes"
 #: files the archiver leaves in place (POTCAR is an input that never changes)
-_KEEP = {CACHE_FILE, "POTCAR"}
+_KEEP = {CACHE_FILE, "POTCAR", INFLIGHT_FILE, CRASH_COUNT_FILE}
 #: big restart files deleted rather than archived: a retry starts from scratch
 _DROP = {"WAVECAR", "CHG", "CHGCAR", "WAVEDER"}
 
@@ -202,12 +209,54 @@ class RetryingOracle:
         except OSError:
             pass  # the cache is a convenience; the campaign file is the record
 
+    # -- crash markers -------------------------------------------------------------------
+    @staticmethod
+    def _count_process_crash(workdir: Path) -> int:
+        """How many times a process died with this calculation in flight (the marker left
+        behind by the last one is counted here, once, and removed)."""
+        count_file = workdir / CRASH_COUNT_FILE
+        try:
+            n = int(count_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            n = 0
+        marker = workdir / INFLIGHT_FILE
+        if marker.exists():
+            n += 1
+            tmp = workdir / (CRASH_COUNT_FILE + ".tmp")
+            tmp.write_text(f"{n}\n")
+            os.replace(tmp, count_file)  # counted before the marker goes: a kill here over-counts by none
+            marker.unlink(missing_ok=True)
+        return n
+
+    @staticmethod
+    def _mark_inflight(workdir: Path) -> None:
+        marker = workdir / INFLIGHT_FILE
+        marker.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
+    @staticmethod
+    def _clear_markers(workdir: Path) -> None:
+        try:
+            (workdir / INFLIGHT_FILE).unlink(missing_ok=True)
+            (workdir / CRASH_COUNT_FILE).unlink(missing_ok=True)
+        except OSError:
+            pass
+
     # -- the contract --------------------------------------------------------------------
     def label(self, atoms: Atoms, workdir: str) -> Label:
         """Label one structure; every calculation problem comes back as a FAILED Label.
 
         A result found in ``workdir/label.json`` for the same structure and settings is
         returned as it is (its ``seconds`` are those of the original calculation).
+
+        A calculation that kills its own process (a segfaulting code, the OOM killer) ends
+        the whole MPI job, and a re-submitted job would run it again and die again. So a
+        marker (``calculation.inflight``) is written before the calculation and removed when
+        it returns; a marker found at the next start is counted in ``process_crashes``, and
+        after ``max_retries + 1`` such deaths the structure comes back as
+        ``Label.failed("process_crash: ...")`` without running (the counter is then reset,
+        so ``retry_failed_on_restart`` gets a fresh series). A job killed from outside while
+        the calculation ran (walltime, scancel) counts the same way: nothing in the work
+        directory tells the two apart.
         """
         t0 = time.perf_counter()
         wd = Path(workdir)
@@ -217,12 +266,31 @@ class RetryingOracle:
                 wd.mkdir(parents=True, exist_ok=True)
             cached = self._agree(self._load_cache(wd, atoms) if writer else None)
             if cached is not None:
+                if writer:
+                    self._clear_markers(wd)
                 return cached
+            crashes = self._agree(self._count_process_crash(wd) if writer else None)
+            if crashes >= self.max_retries + 1:
+                if writer:
+                    self._clear_markers(wd)
+                return Label.failed(
+                    f"process_crash: the process running this calculation died {crashes} times with it "
+                    f"in flight (each time ending the job); not run again (dft.max_retries = "
+                    f"{self.max_retries}); files of the attempts in {wd}/previous*", time.perf_counter() - t0)
             if writer:
                 archive_outputs(wd, "previous")
+                self._mark_inflight(wd)
         except OSError as err:
             return Label.failed(f"io_error: work directory {wd}: {err}", time.perf_counter() - t0)
+        # (_attempts turns every Exception into a failed label: only a dying process, or
+        # SystemExit/KeyboardInterrupt on the way to one, leaves the marker behind)
+        label = self._attempts(atoms, wd, writer, t0)
+        if writer:
+            self._clear_markers(wd)
+        return label
 
+    def _attempts(self, atoms: Atoms, wd: Path, writer: bool, t0: float) -> Label:
+        """The fallback ladder: attempts until one passes the checks or none is left."""
         history: list[AttemptFailed] = []
         for attempt in range(self.max_retries + 1):
             changes = self.ladder(attempt)
