@@ -1,0 +1,370 @@
+"""Accuracy per DFT call: the learning curve of the final ACE against the number of DFT calls.
+
+    .venv/bin/python benchmarks/dft_efficiency.py [--n-dft 10 20 40] [--seeds 7] \
+        [--methods distill [plain]] [--n-holdout 30] [--np 2] [--set KEY=VALUE ...] \
+        [--tag NAME] [--copy-from TAG] [--collect-only] [--config configs/quickstart.yaml]
+
+For every budget N (DFT calls spent on training), seed and method it writes a config
+generated from ``--config`` (the quickstart) into its own campaign folder
+``runs/benchmarks/dft_efficiency/<method>[-<tag>]_n<N>_s<seed>/`` and runs
+``mpirun -n NP pyacemaker-hpc config.yaml`` there (a finished campaign resumes in seconds):
+
+* ``distill`` - the distillation pipeline. Budget knob: N = target_points x (1 -
+  uncertainty_threshold) of steps 1/2, with target_points = max(40, 2N) (so 10 -> 40 at
+  0.75, 20 -> 40 at 0.5, 40 -> 80 at 0.5). Its evaluation also fits ``ACE on DFT labels
+  only`` (same basis, same fit budget, same E0 reference, the same N DFT labels): that is
+  method (b), the DFT-only baseline, for free.
+* ``plain`` - the plain DFT active-learning loop (``enable_mace_distillation: false``):
+  ``initial_dft`` N/2 DIRECT picks, then batches of N/4 most extrapolative (gamma) until
+  ``dft_budget`` N.
+
+Every run is evaluated on ONE held-out set (``evaluation.holdout_file``), labelled once by
+the project's own DFT oracle with the config's GPAW settings on fresh MutationGenerator
+candidates (rng seed ``--holdout-seed``, different from every campaign's) and cached as
+``runs/benchmarks/dft_efficiency_holdout.extxyz``; no step of any run sees it.
+
+``--set mace.finetune.e0s=foundation`` (dotted keys, YAML values) changes the config of a
+variant; give it a ``--tag``. ``--copy-from TAG`` starts a variant from a copy of that
+variant's finished campaign, so only the steps whose inputs changed run again.
+
+It reads ``/metrics/evaluation`` and ``/steps/<step>`` attrs ``seconds`` of every campaign
+and writes ``runs/benchmarks/dft_efficiency.json`` and ``.png`` and prints a table
+(N, method, seed, E RMSE, E RMSE with the mean per-atom offset removed, F RMSE, wall time
+per step) and the headline: the DFT calls the distillation needs to reach the DFT-only
+ACE's best error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "runs" / "benchmarks"
+RUNS = BENCH / "dft_efficiency"
+HOLDOUT = BENCH / "dft_efficiency_holdout.extxyz"
+STEPS = ("step1_sampling", "step2_active_learning", "step3_finetune", "step4_surrogate_sampling",
+         "step5_surrogate_labelling", "step6_base_ace", "step7_delta_learning", "plain_dft_loop",
+         "evaluate")
+SOURCE = {"final ACE": "ace_final", "ACE on DFT labels only": "ace_dft_only",
+          "fine-tuned MACE": "mace_ft_0", "base ACE (step 6)": "ace_base", "foundation MACE": "foundation"}
+ROW_NAMES = {"final ACE": "final ACE", "ACE on DFT labels only": "DFT-only ACE",
+             "fine-tuned MACE": "fine-tuned MACE", "base ACE (step 6)": "base ACE"}
+
+
+# ---------------------------------------------------------------------------- held-out set
+def make_holdout(base_cfg: dict, n: int, seed: int, path: Path) -> Path:
+    """Label ``n`` fresh candidates with the project's DFT oracle once; cached as extxyz."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read, write
+
+    if path.is_file():
+        have = len(read(path, index=":"))
+        print(f"held-out set: {path} ({have} structures, cached)", flush=True)
+        return path
+    from pyacemaker_hpc.config import parse_config
+    from pyacemaker_hpc.oracle.dft import make_dft_oracle
+    from pyacemaker_hpc.steps.s1_sampling import seed_structures
+    from pyacemaker_hpc.structure_generator.mutations import MutationGenerator
+
+    cfg = parse_config(base_cfg)
+    rng = np.random.default_rng(seed)
+    cands = MutationGenerator(cfg.generator, cfg.system.elements).generate(seed_structures(cfg), rng)
+    pick = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False))
+    oracle = make_dft_oracle(cfg)
+    work = BENCH / "dft_efficiency_holdout_work"
+    frames, t0 = [], time.time()
+    for k, i in enumerate(pick):
+        at = cands[int(i)]
+        lab = oracle.label(at, str(work / f"{k:03d}"))
+        if not lab.ok:
+            print(f"  holdout {k}: DFT failed ({lab.error}); skipped", flush=True)
+            continue
+        a = at.copy()
+        a.info = {"uid": str(at.info.get("uid", k)), "provenance": str(at.info.get("provenance", ""))}
+        a.calc = SinglePointCalculator(a, energy=lab.energy, forces=np.asarray(lab.forces),
+                                       **({"stress": np.asarray(lab.stress)} if lab.stress is not None else {}))
+        frames.append(a)
+        print(f"  holdout {k + 1}/{len(pick)}: {len(a)} atoms, {lab.seconds:.1f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(str(path) + ".tmp.extxyz", frames, format="extxyz")
+    os.replace(str(path) + ".tmp.extxyz", path)
+    print(f"held-out set: {len(frames)} structures labelled in {time.time() - t0:.0f} s -> {path}", flush=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- configs
+def budget(n: int) -> tuple[int, float]:
+    tp = max(40, 2 * n)
+    return tp, 1.0 - n / tp
+
+
+def set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def run_name(method: str, tag: str, n: int, seed: int) -> str:
+    return f"{method}{'-' + tag if tag else ''}_n{n}_s{seed}"
+
+
+def make_config(base: dict, method: str, n: int, seed: int, tag: str, overrides: list[str],
+                holdout: Path) -> tuple[dict, Path]:
+    cfg = json.loads(json.dumps(base))
+    d = RUNS / run_name(method, tag, n, seed)
+    cfg["seed"] = seed
+    cfg["campaign"] = {"path": str(d / "campaign.h5"), "workdir": str(d / "work"),
+                       "output_dir": str(d / "results")}
+    tp, thr = budget(n)
+    dist = cfg.setdefault("distillation", {})
+    dist.setdefault("step1_direct_sampling", {})["target_points"] = tp
+    dist.setdefault("step2_active_learning", {})["uncertainty_threshold"] = round(thr, 6)
+    cfg["evaluation"] = {**cfg.get("evaluation", {}), "holdout_file": str(holdout), "n_holdout": 0}
+    if method == "plain":
+        dist["enable_mace_distillation"] = False
+        cfg["active_learning"] = {**cfg.get("active_learning", {}), "dft_budget": n,
+                                  "initial_dft": max(1, n // 2), "batch_size": max(1, n // 4),
+                                  "max_iterations": 10, "n_candidates_per_iteration": 200}
+    for o in overrides:
+        k, v = o.split("=", 1)
+        set_dotted(cfg, k, yaml.safe_load(v))
+    return cfg, d
+
+
+def run_campaign(cfg: dict, d: Path, np_: int, copy_from: Path | None) -> float:
+    d.mkdir(parents=True, exist_ok=True)
+    if copy_from is not None and not (d / "campaign.h5").exists():
+        shutil.copy2(copy_from / "campaign.h5", d / "campaign.h5")
+        print(f"  campaign copied from {copy_from}", flush=True)
+    cfg_path = d / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cli = str(ROOT / ".venv" / "bin" / "pyacemaker-hpc")
+    cmd = ([str(ROOT / ".venv" / "bin" / "mpirun"), "-n", str(np_), cli, str(cfg_path)] if np_ > 1
+           else [cli, str(cfg_path)])
+    t0 = time.time()
+    with open(d / "run.log", "a") as log:
+        log.write(f"\n### {' '.join(cmd)}  ({time.ctime()})\n")
+        log.flush()
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    dt = time.time() - t0
+    print(f"  rc={rc} in {dt:.0f} s (log {d / 'run.log'})", flush=True)
+    if rc != 0:
+        print(subprocess.run(["tail", "-20", str(d / "run.log")], capture_output=True, text=True).stdout)
+    return dt
+
+
+# ---------------------------------------------------------------------------- collection
+def read_campaign(path: Path) -> dict | None:
+    import h5py
+
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r", locking=False) as f:
+        if "metrics/evaluation" not in f:
+            return None
+        v = f["metrics/evaluation"][()]
+        ev = json.loads(v.decode() if isinstance(v, bytes) else v)
+        seconds = {s: float(f[f"steps/{s}"].attrs.get("seconds", np.nan)) for s in STEPS
+                   if f"steps/{s}" in f and f[f"steps/{s}"].attrs.get("status") in ("done", b"done")}
+        # a campaign still running (or a copy being re-run) keeps an old /metrics/evaluation:
+        # only a campaign whose every step, evaluation included, is done counts
+        need = ("plain_dft_loop", "evaluate") if "plain_dft_loop" in f.get("steps", {}) else \
+            tuple(s for s in STEPS if s != "plain_dft_loop")
+        if any(s not in seconds for s in need):
+            return None
+        last = "plain_dft_loop" if "plain_dft_loop" in need else "step7_delta_learning"
+        fin = {s: str(f[f"steps/{s}"].attrs.get("finished", "")) for s in (last, "evaluate")}
+        if fin[last] > fin["evaluate"]:  # the final model is newer than its evaluation (re-run)
+            return None
+        offsets = {}
+        if "labels/holdout/dft" in f:  # signed mean per-atom energy offset (model - DFT), meV/atom
+            off = f["structures/holdout/offsets"][()]
+            n_items = f["labels/holdout/dft/energy"].shape[0]
+            nat = np.diff(off) if len(off) == n_items + 1 else np.diff(np.append(off, f["structures/holdout/numbers"].shape[0]))
+            ref = f["labels/holdout/dft"]
+            for src in f["labels/holdout"]:
+                g = f[f"labels/holdout/{src}"]
+                ok = np.array([s in (b"done", "done") for s in g["status"][()]]) & \
+                    np.array([s in (b"done", "done") for s in ref["status"][()]])
+                if src != "dft" and ok.any():
+                    offsets[src] = 1000 * float(np.mean((g["energy"][()][ok] - ref["energy"][()][ok]) / nat[ok]))
+        e0 = None
+        if "metrics/e0" in f:
+            v = f["metrics/e0"][()]
+            e0 = json.loads(v.decode() if isinstance(v, bytes) else v)
+    return {"evaluation": ev, "seconds": seconds, "e0": e0, "offsets": offsets}
+
+
+def rows_of(method: str, tag: str, n: int, seed: int, data: dict) -> list[dict]:
+    ev = data["evaluation"]
+    out = []
+    for name, m in ev.get("models", {}).items():
+        if not m.get("n"):
+            continue
+        label = ROW_NAMES.get(name, name)
+        meth = f"{method}{'-' + tag if tag else ''}"
+        if name == "ACE on DFT labels only":
+            meth = f"dft-only{'-' + tag if tag else ''}"
+        elif method == "plain" and name == "final ACE":
+            label = "plain-loop ACE"
+        out.append({"N": n, "n_dft_training": ev.get("n_dft_training"), "method": meth, "model": label,
+                    "seed": seed, "E_rmse": m["energy_rmse_meV_atom"],
+                    "E_rmse_shifted": m["energy_rmse_shifted_meV_atom"], "F_rmse": m["force_rmse_meV_A"],
+                    "E_offset": data["offsets"].get(SOURCE.get(name, ""), float("nan")),
+                    "n_holdout": ev.get("n_holdout")})
+    return out
+
+
+def headline(rows: list[dict], tag: str) -> dict:
+    """Smallest N at which the distilled final ACE reaches the DFT-only ACE's best error."""
+    sfx = f"-{tag}" if tag else ""
+
+    def curve(method, model, key):
+        by_n: dict[int, list[float]] = {}
+        for r in rows:
+            if r["method"] == method and r["model"] == model:
+                by_n.setdefault(r["N"], []).append(r[key])
+        return {n: float(np.mean(v)) for n, v in sorted(by_n.items())}
+
+    out = {}
+    for key, unit in (("F_rmse", "meV/A"), ("E_rmse", "meV/atom"), ("E_rmse_shifted", "meV/atom")):
+        ref = curve(f"dft-only{sfx}", "DFT-only ACE", key)
+        dis = curve(f"distill{sfx}", "final ACE", key)
+        if not ref or not dis:
+            continue
+        n_ref = min(ref, key=lambda n: ref[n])
+        best = ref[n_ref]
+        reach = [n for n, v in dis.items() if v <= best]
+        n_need = min(reach) if reach else None
+        out[key] = {"unit": unit, "dft_only_best": best, "dft_only_best_at_N": n_ref,
+                    "distill_N_needed": n_need,
+                    "fraction_of_calls": (n_need / n_ref) if n_need else None,
+                    "distill_curve": dis, "dft_only_curve": ref}
+    return out
+
+
+def plot(rows: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["method"], r["model"]), []).append(r)
+    colors = iter(plt.get_cmap("tab10").colors * 3)
+    for (meth, model), rs in sorted(series.items()):
+        # untagged runs: every model but the base ACE and the foundation; variants
+        # (--tag): their final ACE only (their DFT-only ACE is the untagged one again)
+        if model in ("base ACE", "foundation MACE") or (meth not in ("distill", "dft-only", "plain") and model != "final ACE"):
+            continue
+        color = next(colors)
+        ns = sorted({r["N"] for r in rs})
+        style = "--" if "MACE" in model else "-"
+        for ax, key in zip(axes, ("F_rmse", "E_rmse", "E_rmse_shifted")):
+            ys = [np.mean([r[key] for r in rs if r["N"] == n]) for n in ns]
+            ax.plot(ns, ys, style, marker="o", color=color, label=f"{meth}: {model}")
+    for ax, t in zip(axes, ("force RMSE (meV/A)", "energy RMSE (meV/atom)",
+                            "energy RMSE, mean offset removed (meV/atom)")):
+        ax.set_xlabel("DFT calls for training")
+        ax.set_ylabel(t)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("held-out GPAW PBE set: error vs DFT calls")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    ap.add_argument("--n-dft", type=int, nargs="+", default=[10, 20, 40])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7])
+    ap.add_argument("--methods", nargs="+", default=["distill"], choices=["distill", "plain"])
+    ap.add_argument("--n-holdout", type=int, default=30)
+    ap.add_argument("--holdout-seed", type=int, default=20260101)
+    ap.add_argument("--np", type=int, default=2, help="MPI ranks per run (1: no mpirun)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--copy-from", default=None, help="tag of a finished variant to start from")
+    ap.add_argument("--collect-only", action="store_true", help="only read finished campaigns")
+    ap.add_argument("--out", default=str(BENCH / "dft_efficiency.json"))
+    args = ap.parse_args(argv)
+
+    base = yaml.safe_load(Path(args.config).read_text())
+    holdout = make_holdout(base, args.n_holdout, args.holdout_seed, HOLDOUT)
+    if not args.collect_only:
+        for seed in args.seeds:
+            for n in args.n_dft:
+                for method in args.methods:
+                    cfg, d = make_config(base, method, n, seed, args.tag, args.overrides, holdout)
+                    if read_campaign(d / "campaign.h5") is not None and (d / "config.yaml").is_file() \
+                            and yaml.safe_load((d / "config.yaml").read_text()) == cfg:
+                        print(f"{d.name}: finished, same config (kept)", flush=True)
+                        continue
+                    src = None
+                    if args.copy_from is not None:
+                        src = RUNS / run_name(method, "" if args.copy_from == "-" else args.copy_from, n, seed)
+                    print(f"{d.name}: running (N={n}, target_points={budget(n)[0]}, "
+                          f"threshold={budget(n)[1]:.3f})", flush=True)
+                    run_campaign(cfg, d, args.np, src)
+
+    rows, seconds = [], {}
+    for d in sorted(RUNS.glob("*_n*_s*")):
+        try:
+            data = read_campaign(d / "campaign.h5")
+        except OSError as err:  # a campaign being written by a running job
+            print(f"{d.name}: unreadable now ({err}); skipped")
+            continue
+        if data is None:
+            continue
+        head, ns = d.name.rsplit("_n", 1)
+        n, seed = int(ns.split("_s")[0]), int(ns.split("_s")[1])
+        method, _, tag = head.partition("-")
+        rows += rows_of(method, tag, n, seed, data)
+        seconds[d.name] = {**data["seconds"], "e0": data["e0"]}
+    rows.sort(key=lambda r: (r["method"], r["model"], r["N"], r["seed"]))
+    print(f"\nheld-out: {holdout} ({rows[0]['n_holdout'] if rows else 0} structures)")
+    print(f"{'N':>4} {'method':<28} {'model':<16} {'seed':>4} {'E RMSE':>8} {'E shifted':>10} "
+          f"{'offset':>9} {'F RMSE':>8}   (meV/atom, meV/A)")
+    for r in rows:
+        print(f"{r['N']:>4} {r['method']:<28} {r['model']:<16} {r['seed']:>4} {r['E_rmse']:>8.1f} "
+              f"{r['E_rmse_shifted']:>10.1f} {r['E_offset']:>9.1f} {r['F_rmse']:>8.1f}")
+    print("\nwall time per step (s):")
+    for name, s in seconds.items():
+        print(f"  {name:<34} " + " ".join(f"{k.split('_')[0]}={v:.0f}" for k, v in s.items() if k != "e0")
+              + f"  total={sum(v for k, v in s.items() if k != 'e0'):.0f}")
+    tags = sorted({r["method"].partition("-")[2] for r in rows})
+    heads = {t: headline(rows, t) for t in tags}
+    for t, h in heads.items():
+        for key, v in h.items():
+            need = v["distill_N_needed"]
+            print(f"\nheadline [{t or 'default'}] {key}: DFT-only ACE best {v['dft_only_best']:.1f} {v['unit']} "
+                  f"at N={v['dft_only_best_at_N']}; distillation reaches it at "
+                  + (f"N={need} ({100 * v['fraction_of_calls']:.0f} % of the calls)" if need
+                     else "no measured N (not reached)"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"holdout": str(holdout), "rows": rows, "step_seconds": seconds,
+                               "headline": heads, "command": " ".join(sys.argv)}, indent=1))
+    if rows:
+        plot(rows, out.with_suffix(".png"))
+        print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
