@@ -1,6 +1,10 @@
 """A tiny but complete campaign config for the pipeline tests (EMT as the 'DFT')."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -50,3 +54,45 @@ def tiny_config(tmp: Path, base_model: str, committee: list[str], *, sleep: floa
 def dft_calls(tmp: Path) -> list[str]:
     log = tmp / "dft_calls.log"
     return [l.split()[0] for l in log.read_text().splitlines()] if log.exists() else []
+
+
+# ------------------------------------------------------------------ running the CLI
+BIN = Path(sys.executable).parent
+
+
+def cli_env() -> dict:
+    """The environment of a CLI run: one thread, quiet TensorFlow, the counting calculator importable."""
+    return dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
+                PYTHONPATH=os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]))
+
+
+def cli_cmd(*args, nranks: int = 0) -> list[str]:
+    """``pyacemaker-hpc ARGS``, under ``mpirun -n NRANKS`` when nranks > 0."""
+    cmd = [str(BIN / "pyacemaker-hpc"), *map(str, args)]
+    return [str(BIN / "mpirun"), "-n", str(nranks), *cmd] if nranks else cmd
+
+
+def run_cli(*args, nranks: int = 0, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_cmd(*args, nranks=nranks), capture_output=True, text=True, env=cli_env(),
+                          timeout=timeout, start_new_session=True)
+
+
+def start_until_dft_calls(config: Path, tmp: Path, n_calls: int, *, nranks: int = 2,
+                          deadline_s: float = 600, poll_s: float = 0.1) -> subprocess.Popen:
+    """Start the job in its own session and return once ``n_calls`` DFT calls are logged."""
+    proc = subprocess.Popen(cli_cmd(config, nranks=nranks), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=cli_env(), start_new_session=True)
+    deadline = time.time() + deadline_s
+    while len(dft_calls(tmp)) < n_calls:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(poll_s)
+    return proc
+
+
+def step_attrs(h5: Path) -> dict:
+    """``/steps/<step>`` attributes of a campaign, read with plain h5py."""
+    import h5py
+
+    with h5py.File(h5, "r") as f:
+        return {s: dict(f["steps"][s].attrs) for s in f["steps"]}

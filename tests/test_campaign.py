@@ -111,7 +111,7 @@ def test_failed_transaction_leaves_file_unchanged(tmp_path):
 
 
 def _holder(path, started):
-    camp = Campaign(path)
+    _held = Campaign(path)  # keeps the lock while this process lives
     started.set()
     time.sleep(60)
 

@@ -6,7 +6,7 @@ import yaml
 from ase.build import bulk
 from ase.io import write
 
-from pyacemaker_hpc.config import ConfigError, Distillation, load_config, parse_config
+from pyacemaker_hpc.config import ConfigError, Distillation, load_config
 
 MINIMAL = {"system": {"elements": ["Cu"], "prototypes": [{"element": "Cu", "structure": "fcc"}]},
            "distillation": {"step2_active_learning": {"dft_calculator": "ASE"}}}

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,29 +14,17 @@ import h5py
 import pytest
 import yaml
 
-from pipeline_config import HELPERS, dft_calls, tiny_config
+from pipeline_config import dft_calls, run_cli, start_until_dft_calls, step_attrs, tiny_config
 
-BIN = Path(sys.executable).parent
 ALL_STEPS = ["step1_sampling", "step2_active_learning", "step3_finetune", "step4_surrogate_sampling",
              "step5_surrogate_labelling", "step6_base_ace", "step7_delta_learning", "evaluate"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]))
-    return env
-
-
 def _run(config: Path, nranks: int = 0, timeout: float = 900) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "pyacemaker-hpc"), str(config)]
-    if nranks:
-        cmd = [str(BIN / "mpirun"), "-n", str(nranks), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    return run_cli(config, nranks=nranks, timeout=timeout)
 
 
-def _steps(h5: Path) -> dict:
-    with h5py.File(h5, "r") as f:
-        return {s: dict(f["steps"][s].attrs) for s in f["steps"]}
+_steps = step_attrs
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +106,7 @@ def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, t
     """mpirun -n 2; SIGKILL the job while step 2 runs DFT; re-run: no finished DFT call is
     repeated (at most the one in flight), the campaign completes."""
     cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7)
-    cmd = [str(BIN / "mpirun"), "-n", "2", str(BIN / "pyacemaker-hpc"), str(cfg)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while len(dft_calls(tmp_path)) < 3:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.1)
+    proc = start_until_dft_calls(cfg, tmp_path, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before_kill = dft_calls(tmp_path)

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,11 +20,10 @@ import pandas as pd
 import pytest
 from ase.io import read
 
-from pipeline_config import HELPERS, dft_calls, tiny_config
+from pipeline_config import BIN, cli_env, dft_calls, run_cli, step_attrs, tiny_config
 from pyacemaker_hpc.campaign import Campaign
 from pyacemaker_hpc.core.models import Label, LabelledSet, TrainedModel
 
-BIN = Path(sys.executable).parent
 AL = {"initial_dft": 4, "batch_size": 2, "dft_budget": 8, "max_iterations": 4, "gamma_threshold": 1.0,
       "n_candidates_per_iteration": 20}
 N_HOLDOUT = 5
@@ -39,19 +37,11 @@ def _config(tmp: Path, sleep: float = 0.0) -> Path:
                           "evaluation.n_holdout": N_HOLDOUT})
 
 
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]))
-
-
 def _cli(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "pyacemaker-hpc"), *map(str, args)], capture_output=True, text=True,
-                          env=_env(), timeout=timeout)
+    return run_cli(*args, timeout=timeout)
 
 
-def _steps(h5: Path) -> dict:
-    with h5py.File(h5, "r") as f:
-        return {s: dict(f["steps"][s].attrs) for s in f["steps"]}
+_steps = step_attrs
 
 
 def _loop(tmp: Path) -> tuple[list[dict], list[list[str]]]:
@@ -144,7 +134,7 @@ def test_kill_during_iteration_1_then_resume(tmp_path, clean_run):
     cfg = _config(tmp_path, sleep=0.3)
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen([str(BIN / "pyacemaker-hpc"), str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            env=_env(), start_new_session=True)
+                            env=cli_env(), start_new_session=True)
     deadline = time.time() + 300
     while len(dft_calls(tmp_path)) <= AL["initial_dft"]:  # one call of iteration 1 finished
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from pipeline_config import HELPERS, dft_calls, tiny_config
+from pipeline_config import BIN, cli_cmd, cli_env, dft_calls, run_cli, start_until_dft_calls, tiny_config
 from pyacemaker_hpc.campaign import Campaign, CampaignLocked, cached_labels
 
-BIN = Path(sys.executable).parent
 AL = {"initial_dft": 4, "batch_size": 2, "dft_budget": 4, "max_iterations": 1, "gamma_threshold": 1.0,
       "n_candidates_per_iteration": 10}
 pytestmark = pytest.mark.mpirun
@@ -43,18 +41,12 @@ def _config(tmp: Path, sleep: float = 0.0, **dft_kwargs) -> Path:
     return cfg
 
 
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]))
-
-
 def _cmd(cfg: Path) -> list[str]:
-    return [str(BIN / "mpirun"), "-n", "2", str(BIN / "pyacemaker-hpc"), str(cfg)]
+    return cli_cmd(cfg, nranks=2)
 
 
 def _run(cfg: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(cfg), capture_output=True, text=True, env=_env(), timeout=timeout,
-                          start_new_session=True)
+    return run_cli(cfg, nranks=2, timeout=timeout)
 
 
 def _steps(h5: Path) -> dict:
@@ -114,20 +106,14 @@ def test_crashing_calculation_ends_job_then_is_recorded_failed(tmp_path):
     assert sum(lab.status == "failed" for lab in cache.values()) == 1
     assert sum(lab.status == "done" for lab in cache.values()) == len(calls)
     status = subprocess.run([str(BIN / "pyacemaker-hpc"), "status", str(h5)], capture_output=True,
-                            text=True, env=_env())
+                            text=True, env=cli_env())
     assert status.returncode == 0, status.stderr
 
 
 def test_sigterm_during_dft_stops_cleanly(tmp_path):
     cfg = _config(tmp_path, sleep=1.0)
     h5 = tmp_path / "campaign.h5"
-    proc = subprocess.Popen(_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while len(dft_calls(tmp_path)) < 2:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
+    proc = start_until_dft_calls(cfg, tmp_path, 2, deadline_s=240, poll_s=0.05)
     os.killpg(proc.pid, signal.SIGTERM)
     t0 = time.time()
     out = proc.communicate(timeout=120)[0]
