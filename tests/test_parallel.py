@@ -64,3 +64,30 @@ def test_farm_one_task_at_a_time_under_mpirun():
     assert used <= set(out["groups"]["dft"]) and len(used) >= 2
     ideal = max(1.5, sum(costs) / len(out["groups"]["dft"]))
     assert out["wall"] < ideal * 1.2 + 0.5, out
+
+
+def _echo(k):
+    return k
+
+
+def test_farm_hands_out_costliest_first(monkeypatch):
+    for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID", "HYDRA_CONTROL_FD"):
+        monkeypatch.delenv(k, raising=False)
+    from pyacemaker_hpc.parallel import Farm
+
+    cost = {"a": 1.0, "b": 30.0, "c": 5.0, "d": 5.0}
+    order = []
+    Farm(Team.create({})).map("dft", [(k, _echo, (k,)) for k in cost], lambda k, r: order.append(r),
+                              cost=cost.__getitem__)
+    assert order == ["b", "c", "d", "a"]  # longest first; ties keep submission order
+
+
+def test_dft_cost_estimate_grows_with_atoms_and_kpoints():
+    from ase.build import bulk
+
+    from pyacemaker_hpc.oracle._common import estimated_cost
+
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
+    assert estimated_cost(cell * (2, 2, 2), 2.0) > estimated_cost(cell, 2.0)  # 32 atoms vs 4
+    assert estimated_cost(cell, 4.0) > estimated_cost(cell, 1.0)  # denser k-mesh
+    assert estimated_cost(cell) == 64.0  # no k-point density (EMT, any ASE calculator): atoms^3

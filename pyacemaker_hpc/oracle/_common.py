@@ -52,6 +52,20 @@ _KEEP = {CACHE_FILE, "POTCAR", INFLIGHT_FILE, CRASH_COUNT_FILE}
 _DROP = {"WAVECAR", "CHG", "CHGCAR", "WAVEDER"}
 
 
+def estimated_cost(atoms: Atoms, kpoint_density: float | None = None) -> float:
+    """Relative cost of a plane-wave DFT calculation, for ordering jobs (not a prediction of
+    seconds): (number of k-points) x atoms^3, the k-points from ``kpoint_density`` as the
+    oracles choose them. Cubic in size is the diagonalisation term that dominates beyond a
+    few atoms; the k-point factor makes a small cell with a dense mesh cost what it does."""
+    nk = 1
+    if kpoint_density and atoms.pbc.any():
+        from ase.calculators.calculator import kpts2sizeandoffsets
+
+        size, _ = kpts2sizeandoffsets(density=kpoint_density, gamma=True, atoms=atoms)
+        nk = int(np.prod(size))
+    return float(nk) * len(atoms) ** 3
+
+
 class AttemptFailed(Exception):
     """One attempt failed; ``retry`` says whether the next rung of the ladder may help."""
 

@@ -7,6 +7,9 @@ with short sleeps (``Iprobe``), so an idle rank does not spin a core, and SIGTER
 between polls.
 
 Tasks are ``(key, function, args)`` with a module-level function (pickled by reference).
+Given a ``cost`` estimate per key, tasks go out longest first (LPT): handing out a long job
+last leaves the other ranks idle while it runs; longest first keeps the makespan near
+max(longest job, total / ranks).
 """
 from __future__ import annotations
 
@@ -78,10 +81,15 @@ class Farm:
 
     # -------------------------------------------------------------- coordinator
     def map(self, role: str, tasks: Iterable[tuple[Any, Callable, tuple]],
-            on_result: Callable[[Any, Any], None], *, label: str = "") -> int:
+            on_result: Callable[[Any, Any], None], *, label: str = "",
+            cost: Callable[[Any], float] | None = None) -> int:
         """Run ``tasks`` on the ranks of ``role``; call ``on_result(key, result)`` on rank 0
-        as each finishes (a raised exception comes back as TaskFailed). Returns the count."""
+        as each finishes (a raised exception comes back as TaskFailed). ``cost(key)``, when
+        given, is an estimate of each task's run time: tasks are handed out longest first.
+        Returns the count."""
         tasks = list(tasks)
+        if cost is not None:
+            tasks.sort(key=lambda t: -cost(t[0]))  # stable: equal costs keep their order
         progress = Progress(label or role, len(tasks))
         workers = [r for r in self.team.groups.get(role, []) if r != 0]
         if self.team.serial or not workers:

@@ -6,6 +6,7 @@ import logging
 
 from ..campaign import cache_label, cached_labels
 from ..core.models import DONE, FAILED, Label, LabelledSet, structure_uid
+from ..oracle._common import estimated_cost
 from ..parallel import TaskFailed
 from .context import StepContext, digest
 from .tasks import dft_task
@@ -45,10 +46,12 @@ def label_set_with_dft(ctx: StepContext, set_name: str) -> LabelledSet:
         if res.status != DONE:
             log.warning("[dft] %s item %d failed: %s", set_name, i, res.error)
 
-    todo.sort(key=lambda i: -len(structures[i]))  # largest first: fewer idle ranks at the end
+    density = getattr(getattr(cfg.dft, cfg.dft_calculator, None), "kpoint_density", None)
+    cost = {i: estimated_cost(structures[i], density) for i in todo}
     tasks = [(i, dft_task, (cfg, structures[i], str(ctx.workdir / "dft" / structures[i].info["uid"])))
              for i in todo]
-    ctx.farm.map("dft", tasks, on_result, label=f"DFT {set_name}")
+    # most expensive first, so no rank sits idle while the last long job runs
+    ctx.farm.map("dft", tasks, on_result, label=f"DFT {set_name}", cost=cost.__getitem__)
     labels = [cache[a.info["uid"]] for a in structures]
     camp.init_labels(set_name, "dft", keep_existing=False)
     camp.put_labels(set_name, "dft", dict(enumerate(labels)))
