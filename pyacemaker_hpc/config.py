@@ -158,6 +158,10 @@ class DftCfg(_Strict):
     max_retries: int = Field(2, ge=0)
     retry_failed_on_restart: bool = False
     max_force: float = Field(50.0, gt=0)  # eV/A: larger forces are a failed label
+    #: one work directory per structure under here (default <campaign.workdir>/dft); campaigns
+    #: with the same DFT settings may share it: a finished calculation of the same structure
+    #: and settings (label.json) is reused there instead of being paid for again
+    workdir: Optional[str] = None
     #: which energy a label carries: the force-consistent free energy (what the forces are
     #: the gradient of, and what pacemaker's pace_collect stores) or the sigma->0 extrapolation
     energy: Literal["free", "sigma0"] = "free"

@@ -497,3 +497,38 @@ def test_existing_data_joins_the_dft_set_without_recomputing(tmp_path, shared_di
         ctx = StepContext(bad, camp, Farm(Team.create({})), tmp_path / "w", tmp_path / "o")
         with pytest.raises(ValueError, match="Cu_gpaw_pbe_4atom.xyz: elements \\['Cu'\\]"):
             import_existing_dft(ctx)
+
+
+def test_campaigns_sharing_dft_workdir_pay_once(tmp_path, monkeypatch):
+    """Two campaigns with the same DFT settings and one ``dft.workdir``: the second labels
+    the same structures from the first's finished calculations, with no new call."""
+    from pyacemaker_hpc.campaign import Campaign
+    from pyacemaker_hpc.config import parse_config
+    from pyacemaker_hpc.parallel import Farm, Team
+    from pyacemaker_hpc.steps.context import StepContext
+    from pyacemaker_hpc.steps.labelling import label_set_with_dft
+
+    for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "HYDRA_CONTROL_FD"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "helpers"))
+    log = tmp_path / "calls.log"
+    cells = [bulk("Cu", "fcc", a=3.6 + 0.02 * i, cubic=True) for i in range(3)]
+    labels = []
+    for run in ("a", "b"):
+        cfg = parse_config({"system": {"elements": ["Cu"], "prototypes": [{"element": "Cu", "structure": "fcc"}]},
+                            "campaign": {"path": str(tmp_path / run / "c.h5"), "workdir": str(tmp_path / run)},
+                            "distillation": {"step2_active_learning": {"dft_calculator": "ASE"}},
+                            "dft": {"workdir": str(tmp_path / "shared_dft"),
+                                    "ase": {"import_path": "counting_calc.CountingEMT",
+                                            "kwargs": {"log_file": str(log)}}}})
+        (tmp_path / run).mkdir()
+        camp = Campaign(cfg.campaign.path)
+        camp.write_structures("dft", cells)
+        ctx = StepContext(cfg=cfg, camp=camp, farm=Farm(Team.create({})), workdir=tmp_path / run,
+                          outdir=tmp_path / run)
+        labels.append(label_set_with_dft(ctx, "dft").labels)
+        camp.close()
+        n_calls = len(log.read_text().splitlines())
+        assert n_calls == 3, f"campaign {run}: {n_calls} calculator calls"
+    assert all(np.isclose(a.energy, b.energy) for a, b in zip(*labels))
+    assert not (tmp_path / "a" / "dft").exists()  # everything went to dft.workdir

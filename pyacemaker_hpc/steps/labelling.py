@@ -3,6 +3,7 @@ results are cached per item (by structure uid and DFT settings) and committed on
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ..campaign import cache_label, cached_labels
 from ..core.models import DONE, FAILED, Label, LabelledSet, structure_uid
@@ -48,7 +49,8 @@ def label_set_with_dft(ctx: StepContext, set_name: str) -> LabelledSet:
 
     density = getattr(getattr(cfg.dft, cfg.dft_calculator, None), "kpoint_density", None)
     cost = {i: estimated_cost(structures[i], density) for i in todo}
-    tasks = [(i, dft_task, (cfg, structures[i], str(ctx.workdir / "dft" / structures[i].info["uid"])))
+    root = Path(cfg.dft.workdir).resolve() if cfg.dft.workdir else ctx.workdir / "dft"
+    tasks = [(i, dft_task, (cfg, structures[i], str(root / structures[i].info["uid"])))
              for i in todo]
     # most expensive first, so no rank sits idle while the last long job runs
     ctx.farm.map("dft", tasks, on_result, label=f"DFT {set_name}", cost=cost.__getitem__)
