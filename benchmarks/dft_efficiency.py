@@ -1,8 +1,9 @@
 """Accuracy per DFT call: the learning curve of the final ACE against the number of DFT calls.
 
     .venv/bin/python benchmarks/dft_efficiency.py [--n-dft 10 20 40] [--seeds 7] \
-        [--methods distill [plain]] [--n-holdout 30] [--np 2] [--set KEY=VALUE ...] \
-        [--tag NAME] [--copy-from TAG] [--collect-only] [--config configs/quickstart.yaml]
+        [--methods distill [plain] [random]] [--n-holdout 30] [--np 2] [--set KEY=VALUE ...] \
+        [--tag NAME] [--copy-from TAG] [--collect-only] [--config configs/quickstart.yaml] \
+        [--name STUDY]
 
 For every budget N (DFT calls spent on training), seed and method it writes a config
 generated from ``--config`` (the quickstart) into its own campaign folder
@@ -17,6 +18,14 @@ generated from ``--config`` (the quickstart) into its own campaign folder
 * ``plain`` - the plain DFT active-learning loop (``enable_mace_distillation: false``):
   ``initial_dft`` N/2 DIRECT picks, then batches of N/4 most extrapolative (gamma) until
   ``dft_budget`` N.
+* ``random`` - ACE on N randomly chosen pool structures (the plain loop with a random
+  step-1 objective, ``initial_dft = dft_budget = N``: it stops after its first fit).
+
+``--name STUDY`` keeps a study (system, DFT settings) apart: campaigns under
+``runs/benchmarks/dft_efficiency/STUDY/``, its own held-out set and output files. All
+campaigns of a study share one DFT work directory (``dft.workdir``): a structure two runs
+both pick (same seed, nested budgets) is computed once; the oracle reuses a finished
+calculation only when structure and DFT settings are identical.
 
 Every run is evaluated on ONE held-out set (``evaluation.holdout_file``), labelled once by
 the project's own DFT oracle with the config's GPAW settings on fresh MutationGenerator
@@ -50,7 +59,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "runs" / "benchmarks"
 RUNS = BENCH / "dft_efficiency"
-HOLDOUT = BENCH / "dft_efficiency_holdout.extxyz"
 STEPS = ("step1_sampling", "step2_active_learning", "step3_finetune", "step4_surrogate_sampling",
          "step5_surrogate_labelling", "step6_base_ace", "step7_delta_learning", "plain_dft_loop",
          "evaluate")
@@ -61,7 +69,7 @@ ROW_NAMES = {"final ACE": "final ACE", "ACE on DFT labels only": "DFT-only ACE",
 
 
 # ---------------------------------------------------------------------------- held-out set
-def make_holdout(base_cfg: dict, n: int, seed: int, path: Path) -> Path:
+def make_holdout(base_cfg: dict, n: int, seed: int, path: Path, work: Path) -> Path:
     """Label ``n`` fresh candidates with the project's DFT oracle once; cached as extxyz."""
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import read, write
@@ -80,7 +88,6 @@ def make_holdout(base_cfg: dict, n: int, seed: int, path: Path) -> Path:
     cands = MutationGenerator(cfg.generator, cfg.system.elements).generate(seed_structures(cfg), rng)
     pick = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False))
     oracle = make_dft_oracle(cfg)
-    work = BENCH / "dft_efficiency_holdout_work"
     frames, t0 = [], time.time()
     for k, i in enumerate(pick):
         at = cands[int(i)]
@@ -119,9 +126,9 @@ def run_name(method: str, tag: str, n: int, seed: int) -> str:
 
 
 def make_config(base: dict, method: str, n: int, seed: int, tag: str, overrides: list[str],
-                holdout: Path) -> tuple[dict, Path]:
+                holdout: Path, runs: Path = RUNS) -> tuple[dict, Path]:
     cfg = json.loads(json.dumps(base))
-    d = RUNS / run_name(method, tag, n, seed)
+    d = runs / run_name(method, tag, n, seed)
     cfg["seed"] = seed
     cfg["campaign"] = {"path": str(d / "campaign.h5"), "workdir": str(d / "work"),
                        "output_dir": str(d / "results")}
@@ -130,6 +137,12 @@ def make_config(base: dict, method: str, n: int, seed: int, tag: str, overrides:
     dist.setdefault("step1_direct_sampling", {})["target_points"] = tp
     dist.setdefault("step2_active_learning", {})["uncertainty_threshold"] = round(thr, 6)
     cfg["evaluation"] = {**cfg.get("evaluation", {}), "holdout_file": str(holdout), "n_holdout": 0}
+    cfg.setdefault("dft", {})["workdir"] = str(runs / "dft_shared")
+    if method == "random":
+        dist["enable_mace_distillation"] = False
+        dist["step1_direct_sampling"]["objective"] = "random"
+        cfg["active_learning"] = {**cfg.get("active_learning", {}), "dft_budget": n,
+                                  "initial_dft": n, "batch_size": 1, "max_iterations": 1}
     if method == "plain":
         dist["enable_mace_distillation"] = False
         cfg["active_learning"] = {**cfg.get("active_learning", {}), "dft_budget": n,
@@ -217,6 +230,8 @@ def rows_of(method: str, tag: str, n: int, seed: int, data: dict) -> list[dict]:
             meth = f"dft-only{'-' + tag if tag else ''}"
         elif method == "plain" and name == "final ACE":
             label = "plain-loop ACE"
+        elif method == "random" and name == "final ACE":
+            label = "random-DFT ACE"
         out.append({"N": n, "n_dft_training": ev.get("n_dft_training"), "method": meth, "model": label,
                     "seed": seed, "E_rmse": m["energy_rmse_meV_atom"],
                     "E_rmse_shifted": m["energy_rmse_shifted_meV_atom"], "F_rmse": m["force_rmse_meV_A"],
@@ -293,7 +308,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     ap.add_argument("--n-dft", type=int, nargs="+", default=[10, 20, 40])
     ap.add_argument("--seeds", type=int, nargs="+", default=[7])
-    ap.add_argument("--methods", nargs="+", default=["distill"], choices=["distill", "plain"])
+    ap.add_argument("--methods", nargs="+", default=["distill"], choices=["distill", "plain", "random"])
+    ap.add_argument("--name", default="", help="study name: its own runs, held-out set and outputs")
     ap.add_argument("--n-holdout", type=int, default=30)
     ap.add_argument("--holdout-seed", type=int, default=20260101)
     ap.add_argument("--np", type=int, default=2, help="MPI ranks per run (1: no mpirun)")
@@ -301,29 +317,37 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--copy-from", default=None, help="tag of a finished variant to start from")
     ap.add_argument("--collect-only", action="store_true", help="only read finished campaigns")
-    ap.add_argument("--out", default=str(BENCH / "dft_efficiency.json"))
+    ap.add_argument("--out", default=None, help="default runs/benchmarks/dft_efficiency[_STUDY].json")
     args = ap.parse_args(argv)
 
     base = yaml.safe_load(Path(args.config).read_text())
-    holdout = make_holdout(base, args.n_holdout, args.holdout_seed, HOLDOUT)
+    for o in args.overrides:  # the held-out set uses the study's DFT settings too
+        k, v = o.split("=", 1)
+        if k.startswith("dft."):
+            set_dotted(base, k, yaml.safe_load(v))
+    runs = RUNS / args.name if args.name else RUNS
+    sfx = f"_{args.name}" if args.name else ""
+    holdout = make_holdout(base, args.n_holdout, args.holdout_seed,
+                           BENCH / f"dft_efficiency{sfx}_holdout.extxyz", BENCH / f"dft_efficiency{sfx}_holdout_work")
+    out_default = BENCH / f"dft_efficiency{sfx}.json"
     if not args.collect_only:
         for seed in args.seeds:
             for n in args.n_dft:
                 for method in args.methods:
-                    cfg, d = make_config(base, method, n, seed, args.tag, args.overrides, holdout)
+                    cfg, d = make_config(base, method, n, seed, args.tag, args.overrides, holdout, runs)
                     if read_campaign(d / "campaign.h5") is not None and (d / "config.yaml").is_file() \
                             and yaml.safe_load((d / "config.yaml").read_text()) == cfg:
                         print(f"{d.name}: finished, same config (kept)", flush=True)
                         continue
                     src = None
                     if args.copy_from is not None:
-                        src = RUNS / run_name(method, "" if args.copy_from == "-" else args.copy_from, n, seed)
+                        src = runs / run_name(method, "" if args.copy_from == "-" else args.copy_from, n, seed)
                     print(f"{d.name}: running (N={n}, target_points={budget(n)[0]}, "
                           f"threshold={budget(n)[1]:.3f})", flush=True)
                     run_campaign(cfg, d, args.np, src)
 
     rows, seconds = [], {}
-    for d in sorted(RUNS.glob("*_n*_s*")):
+    for d in sorted(runs.glob("*_n*_s*")):
         try:
             data = read_campaign(d / "campaign.h5")
         except OSError as err:  # a campaign being written by a running job
@@ -356,7 +380,7 @@ def main(argv=None) -> int:
                   f"at N={v['dft_only_best_at_N']}; distillation reaches it at "
                   + (f"N={need} ({100 * v['fraction_of_calls']:.0f} % of the calls)" if need
                      else "no measured N (not reached)"))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else out_default
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"holdout": str(holdout), "rows": rows, "step_seconds": seconds,
                                "headline": heads, "command": " ".join(sys.argv)}, indent=1))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the quickstart's stand-in "foundation" MACE models for Cu.
+"""Build the stand-in "foundation" MACE models for Cu (quickstart) or Cu-Au (benchmarks).
 
 Why a stand-in: MACE-MP-0 is downloaded by mace at first use, and the build/CI machines
 have no internet. The quickstart and the tests need a foundation whose error against the
@@ -38,9 +38,20 @@ Outputs: ``pyacemaker_hpc/data/cu_demo_foundation_s{0,1,2}.model`` and
 ``pyacemaker_hpc/data/cu_demo_foundation.json`` (metrics and recipe). The labelled LDA
 set stays in ``<workdir>`` (default ``build/demo_foundation``, gitignored).
 
+``--system CuAu``: the same recipe for the Cu-Au alloy benchmarks (configs/cuau.yaml).
+200 cells of 1-8 atoms, pure fcc Cu / Au, L1_2 Cu3Au and CuAu3, L1_0 and B2 CuAu, random
+substitutional fcc 4- and 8-atom cells, a few mixed bcc/hcp, vacancies and short unrattled
+EOS scans, lattice constants Vegard-interpolated between Cu 3.61 and Au 4.08 A. The kinds
+are interleaved, so ``--n-structures N`` keeps a prefix of the list (labels stay valid).
+E0s of both isolated atoms (LDA); 200 epochs by default. No PBE Cu-Au reference set exists,
+so ``evaluate`` scores the held-out LDA split only. Everything, the models included, stays
+in ``<workdir>`` (default ``build/demo_foundation_cuau``, models under ``models/``): the
+repository is not the place for them.
+
 Usage::
 
-    OMP_NUM_THREADS=1 nice python scripts/build_demo_foundation.py [--stage all|label|train|evaluate]
+    OMP_NUM_THREADS=1 nice python scripts/build_demo_foundation.py [--system Cu|CuAu] \
+        [--stage all|label|train|evaluate] [--epochs N] [--n-structures N]
 """
 from __future__ import annotations
 
@@ -51,14 +62,15 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA_OUT = ROOT / "pyacemaker_hpc" / "data"
-PBE_SET = ROOT.parent / "shared" / "data" / "dft" / "Cu_gpaw_pbe_4atom.xyz"
 
 # level of theory of the stand-in foundation: the demo's settings with LDA instead of PBE
 GPAW_SETTINGS = dict(xc="LDA", ecut=300.0, kpt_density=1.6, smearing=0.1)
@@ -66,7 +78,57 @@ ARCH = ["--model", "MACE", "--hidden_irreps", "16x0e+16x1o", "--max_L", "1", "--
         "--num_interactions", "2", "--correlation", "3", "--max_ell", "2",
         "--num_radial_basis", "8", "--num_cutoff_basis", "5"]
 KEYS = dict(energy="LDA_energy", forces="LDA_forces", stress="LDA_stress")
-A_FCC = 3.61  # reference lattice constant for the prototypes (strains span LDA and PBE)
+#: fcc lattice constants of the prototypes (between LDA and PBE; the strains span both);
+#: mixed cells take the Vegard mean, bcc/hcp cells the fcc volume per atom
+A0 = {"Cu": 3.61, "Au": 4.08}
+L12, L10 = ["Au", "Cu", "Cu", "Cu"], ["Cu", "Au", "Au", "Cu"]  # sites of the cubic fcc cell
+
+
+@dataclass(frozen=True)
+class System:
+    tag: str            # file prefix: <tag>_demo_foundation_s{seed}.model
+    elements: tuple
+    protos: dict        # name -> (lattice, repeat, symbols: element | site list | None = random)
+    plan: tuple         # (prototype, count, "" | "vac" | "eos")
+    interleave: bool    # kinds round-robin (a prefix of the list covers them all)
+    epochs: int
+    in_package: bool    # models go to pyacemaker_hpc/data (Cu) or <workdir>/models
+    pbe_set: Optional[Path]
+    what: str
+
+
+_CU = {n: (lat, rep, "Cu") for n, lat, rep in [
+    ("fcc1", "fcc", (1, 1, 1)), ("fcc2", "fcc", (2, 1, 1)), ("fcc4", "fcc-cubic", (1, 1, 1)),
+    ("fcc8", "fcc", (2, 2, 2)), ("bcc1", "bcc", (1, 1, 1)), ("bcc2", "bcc-cubic", (1, 1, 1)),
+    ("bcc8", "bcc", (2, 2, 2)), ("hcp2", "hcp", (1, 1, 1)), ("hcp4", "hcp", (2, 1, 1)),
+    ("hcp8", "hcp", (2, 2, 1))]}
+_CUAU = {"Cu-fcc1": ("fcc", (1, 1, 1), "Cu"), "Au-fcc1": ("fcc", (1, 1, 1), "Au"),
+         "Cu-fcc4": ("fcc-cubic", (1, 1, 1), "Cu"), "Au-fcc4": ("fcc-cubic", (1, 1, 1), "Au"),
+         "Cu-fcc8": ("fcc", (2, 2, 2), "Cu"), "Au-fcc8": ("fcc", (2, 2, 2), "Au"),
+         "L12-Cu3Au": ("fcc-cubic", (1, 1, 1), L12),
+         "L12-CuAu3": ("fcc-cubic", (1, 1, 1), ["Au" if e == "Cu" else "Cu" for e in L12]),
+         "L10-CuAu": ("fcc-cubic", (1, 1, 1), L10), "B2-CuAu": ("bcc-cubic", (1, 1, 1), ["Cu", "Au"]),
+         "fcc4-rand": ("fcc", (2, 2, 1), None), "fcc8-rand": ("fcc", (2, 2, 2), None),
+         "bcc4-rand": ("bcc-cubic", (2, 1, 1), None), "hcp4-rand": ("hcp", (2, 1, 1), None)}
+SYSTEMS = {
+    # fcc-heavy since the demo system is fcc Cu; this exact list is what the committed
+    # cu_demo_foundation models were trained on: leave it alone
+    "Cu": System("cu", ("Cu",), _CU, (
+        ("fcc1", 20, ""), ("fcc2", 20, ""), ("fcc4", 60, ""), ("fcc4", 15, "vac"), ("fcc8", 16, ""),
+        ("fcc8", 12, "vac"), ("bcc1", 12, ""), ("bcc2", 18, ""), ("bcc8", 10, "vac"),
+        ("hcp2", 18, ""), ("hcp4", 18, ""), ("hcp8", 10, "vac"), ("fcc4", 17, "eos")),
+        False, 300, True, ROOT.parent / "shared" / "data" / "dft" / "Cu_gpaw_pbe_4atom.xyz",
+        "stand-in foundation MACE committee for the Cu quickstart (NOT MACE-MP-0)"),
+    "CuAu": System("cuau", ("Cu", "Au"), _CUAU, (
+        ("Cu-fcc1", 8, ""), ("Au-fcc1", 8, ""), ("Cu-fcc4", 10, ""), ("Au-fcc4", 10, ""),
+        ("L12-Cu3Au", 14, ""), ("L12-CuAu3", 14, ""), ("L10-CuAu", 14, ""), ("B2-CuAu", 10, ""),
+        ("fcc4-rand", 25, ""), ("fcc8-rand", 25, ""), ("fcc8-rand", 10, "vac"),
+        ("L12-Cu3Au", 6, "vac"), ("Cu-fcc8", 5, "vac"), ("Au-fcc8", 5, "vac"),
+        ("bcc4-rand", 6, ""), ("hcp4-rand", 6, ""), ("Cu-fcc4", 7, "eos"), ("Au-fcc4", 7, "eos"),
+        ("L12-Cu3Au", 5, "eos"), ("L10-CuAu", 5, "eos")),
+        True, 200, False, None,
+        "stand-in foundation MACE committee for the Cu-Au benchmarks (NOT MACE-MP-0)"),
+}
 
 
 def log(msg: str) -> None:
@@ -75,9 +137,40 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------
 # structures
-def make_structures(seed: int = 2024):
-    """Deterministic list of diverse Cu structures (same seed -> same list, for resume)."""
+def _cell(lattice: str, a: float, rep):
+    """Cell of ``lattice`` ("fcc", "bcc", "hcp", "-cubic" for the conventional cell) whose
+    fcc-equivalent lattice constant is ``a`` (bcc/hcp: the same volume per atom)."""
     from ase.build import bulk
+
+    kind, _, cubic = lattice.partition("-")
+    if kind == "hcp":
+        a_hcp = a / np.sqrt(2)
+        return bulk("Cu", "hcp", a=a_hcp, c=a_hcp * 1.633).repeat(rep)
+    return bulk("Cu", kind, a=a if kind == "fcc" else a / 2 ** (1 / 3), cubic=bool(cubic)).repeat(rep)
+
+
+def _prototype(spec, rng, scale: float = 1.0):
+    """One cell of a prototype ``(lattice, repeat, symbols)``; ``symbols=None`` draws a random
+    mixed Cu-Au occupation (1..n-1 Au). Lattice constant: Vegard mean of A0, x ``scale``."""
+    lattice, rep, sym = spec
+    n = len(_cell(lattice, 1.0, rep))
+    if sym is None:
+        k = int(rng.integers(1, n))
+        sym = [str(e) for e in rng.permutation(["Au"] * k + ["Cu"] * (n - k))]
+    elif isinstance(sym, str):
+        sym = [sym] * n
+    a = A0[sym[0]] if len(set(sym)) == 1 else float(np.mean([A0[e] for e in sym]))
+    at = _cell(lattice, a * scale, rep)
+    at.set_chemical_symbols(sym)
+    return at
+
+
+def make_structures(system: System = SYSTEMS["Cu"], seed: int = 2024, n_max: Optional[int] = None):
+    """Deterministic list of diverse structures (same seed -> same list, for resume).
+
+    With ``system.interleave`` the kinds are taken round-robin, so the first ``n_max`` are a
+    prefix of the full list that still covers every kind.
+    """
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
 
@@ -87,45 +180,35 @@ def make_structures(seed: int = 2024):
         return bool(np.any(d < rc[i] + rc[j]))
 
     rng = np.random.default_rng(seed)
-    a_bcc = A_FCC / 2 ** (1 / 3)  # same volume per atom as fcc
-    a_hcp = A_FCC / np.sqrt(2)
-    protos = {
-        "fcc1": lambda: bulk("Cu", "fcc", a=A_FCC),
-        "fcc2": lambda: bulk("Cu", "fcc", a=A_FCC).repeat((2, 1, 1)),
-        "fcc4": lambda: bulk("Cu", "fcc", a=A_FCC, cubic=True),
-        "fcc8": lambda: bulk("Cu", "fcc", a=A_FCC).repeat((2, 2, 2)),
-        "bcc1": lambda: bulk("Cu", "bcc", a=a_bcc),
-        "bcc2": lambda: bulk("Cu", "bcc", a=a_bcc, cubic=True),
-        "bcc8": lambda: bulk("Cu", "bcc", a=a_bcc).repeat((2, 2, 2)),
-        "hcp2": lambda: bulk("Cu", "hcp", a=a_hcp, c=a_hcp * 1.633),
-        "hcp4": lambda: bulk("Cu", "hcp", a=a_hcp, c=a_hcp * 1.633).repeat((2, 1, 1)),
-        "hcp8": lambda: bulk("Cu", "hcp", a=a_hcp, c=a_hcp * 1.633).repeat((2, 2, 1)),
-    }
-    # (prototype, count, vacancy?) - fcc-heavy since the demo system is fcc Cu
-    plan = [("fcc1", 20, False), ("fcc2", 20, False), ("fcc4", 60, False), ("fcc4", 15, True),
-            ("fcc8", 16, False), ("fcc8", 12, True), ("bcc1", 12, False), ("bcc2", 18, False),
-            ("bcc8", 10, True), ("hcp2", 18, False), ("hcp4", 18, False), ("hcp8", 10, True)]
+    plan = system.plan
+    if system.interleave:
+        order = [(e, k) for k in range(max(c for _, c, _ in plan)) for e in plan if k < e[1]]
+    else:
+        order = [(e, k) for e in plan for k in range(e[1])]
     out = []
-    for name, count, vac in plan:
-        for k in range(count):
+    for (name, count, mode), k in order[:n_max]:
+        spec = system.protos[name]
+        if mode == "eos":  # unrattled EOS scan: pins lattice constants and bulk moduli
+            s = np.linspace(-0.08, 0.08, count)[k]
+            at = _prototype(spec, rng, 1 + s)
+            tag = f"{name}-eos:{s:+.3f}"
+        else:
             for _attempt in range(50):
-                at = protos[name]()
+                at = _prototype(spec, rng)
                 eps = rng.uniform(-0.08, 0.08, size=(3, 3))
                 eps = 0.5 * (eps + eps.T)
                 at.set_cell(at.cell @ (np.eye(3) + eps), scale_atoms=True)
-                if vac:
+                if mode == "vac":
                     del at[int(rng.integers(len(at)))]
                 amp = float(np.exp(rng.uniform(np.log(0.02), np.log(0.25))))
                 at.positions += rng.normal(0.0, amp, size=at.positions.shape)
                 if not too_close(at, 0.7):
                     break
             at.wrap()
-            at.info["provenance"] = f"demo_foundation:{name}{'-vac' if vac else ''}:rattle{amp:.3f}:{k}"
-            out.append(at)
-    # unrattled fcc EOS scan: pins the lattice constant and bulk modulus of the foundation
-    for k, s in enumerate(np.linspace(-0.08, 0.08, 17)):
-        at = bulk("Cu", "fcc", a=A_FCC * (1 + s), cubic=True)
-        at.info["provenance"] = f"demo_foundation:fcc4-eos:{s:+.3f}:{k}"
+            tag = f"{name}{'-vac' if mode else ''}:rattle{amp:.3f}"
+        if len(system.elements) > 1:
+            tag = f"{tag}:{at.get_chemical_formula()}"
+        at.info["provenance"] = f"demo_foundation:{tag}:{k}"
         out.append(at)
     for i, at in enumerate(out):
         at.info["build_index"] = i
@@ -140,31 +223,36 @@ def gpaw_calc(txt: str, kpts=None):
                 occupations=FermiDirac(GPAW_SETTINGS["smearing"]), txt=txt)
 
 
-def isolated_atom_energy(workdir: Path) -> float:
-    """LDA energy of a spin-polarised Cu atom in a box (the models' E0); cached."""
-    f = workdir / "e0.json"
+def isolated_atom_energy(workdir: Path, el: str = "Cu") -> float:
+    """LDA energy of a spin-polarised atom in a box (the models' E0); cached."""
+    suffix = "" if el == "Cu" else f"_{el}"  # Cu: the name the Cu build has always used
+    f = workdir / f"e0{suffix}.json"
     if f.is_file():
         return float(json.loads(f.read_text())["E0"])
     from ase import Atoms
     from gpaw import GPAW, PW, FermiDirac
 
     t = time.time()
-    at = Atoms("Cu", positions=[[0, 0, 0]], cell=[9.0, 9.5, 10.0], pbc=True)
+    at = Atoms(el, positions=[[0, 0, 0]], cell=[9.0, 9.5, 10.0], pbc=True)
     at.center()
     at.set_initial_magnetic_moments([1.0])
     at.calc = GPAW(mode=PW(GPAW_SETTINGS["ecut"]), xc=GPAW_SETTINGS["xc"], kpts=(1, 1, 1),
                    occupations=FermiDirac(0.01, fixmagmom=True), hund=True,
-                   txt=str(workdir / "e0_gpaw.txt"))
+                   txt=str(workdir / f"e0{suffix}_gpaw.txt"))
     e0 = float(at.get_potential_energy())
     f.write_text(json.dumps({"E0": e0, "seconds": time.time() - t}))
-    log(f"isolated Cu atom (LDA): E0 = {e0:.4f} eV ({time.time() - t:.0f} s)")
+    log(f"isolated {el} atom (LDA): E0 = {e0:.4f} eV ({time.time() - t:.0f} s)")
     return e0
 
 
-def stage_label(workdir: Path) -> None:
+def e0s(workdir: Path, system: System) -> dict:
+    return {el: isolated_atom_energy(workdir, el) for el in system.elements}
+
+
+def stage_label(workdir: Path, system: System, n_max: Optional[int]) -> None:
     from ase.io import read, write
 
-    structures = make_structures()
+    structures = make_structures(system, n_max=n_max)
     cache = workdir / "lda_labels.extxyz"
     failed_f = workdir / "failed.json"
     done = set()
@@ -175,7 +263,7 @@ def stage_label(workdir: Path) -> None:
     todo = [s for s in structures if s.info["build_index"] not in done
             and str(s.info["build_index"]) not in failed]
     log(f"label: {len(structures)} structures, {len(done)} cached, {len(todo)} to do")
-    isolated_atom_energy(workdir)
+    e0s(workdir, system)
     t0 = time.time()
     for n, at in enumerate(todo):
         i = at.info["build_index"]
@@ -216,7 +304,8 @@ def split(workdir: Path):
     return train, valid
 
 
-def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: float) -> dict:
+def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, tag: str) -> dict:
+    from ase.data import atomic_numbers
     from ase.io import write
 
     mdir = workdir / f"member_s{seed}"
@@ -236,10 +325,10 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: float)
         how = f"bootstrap resample ({len(np.unique(idx))} unique of {len(train)})"
     write(mdir / "train.xyz", [train[i] for i in idx], format="extxyz")
     write(mdir / "valid.xyz", valid, format="extxyz")
-    cmd = [str(Path(sys.executable).parent / "mace_run_train"), "--name", "cu_demo",
+    cmd = [str(Path(sys.executable).parent / "mace_run_train"), "--name", f"{tag}_demo",
            "--train_file", "train.xyz", "--valid_file", "valid.xyz",
            "--energy_key", KEYS["energy"], "--forces_key", KEYS["forces"],
-           "--stress_key", KEYS["stress"], *ARCH, "--E0s", json.dumps({29: e0}).replace('"', ""),
+           "--stress_key", KEYS["stress"], *ARCH, "--E0s", json.dumps({atomic_numbers[el]: v for el, v in e0.items()}).replace('"', ""),
            "--loss", "stress", "--energy_weight", "1.0", "--forces_weight", "100.0",
            "--stress_weight", "10.0", "--swa", "--start_swa", str(int(0.75 * epochs)),
            "--swa_energy_weight", "1000.0", "--swa_forces_weight", "100.0",
@@ -257,9 +346,9 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: float)
     if res.returncode != 0:
         tail = (mdir / "mace_stdout.txt").read_text().splitlines()[-20:]
         raise RuntimeError(f"mace_run_train failed for s{seed}:\n" + "\n".join(tail))
-    src = mdir / "cu_demo_stagetwo.model"
+    src = mdir / f"{tag}_demo_stagetwo.model"
     if not src.is_file():
-        src = mdir / "cu_demo.model"
+        src = mdir / f"{tag}_demo.model"
     recipe = {"seed": seed, "data": how, "n_train": int(len(idx)), "epochs": epochs,
               "train_seconds": round(time.time() - t, 1), "command": cmd[1:], "source": src.name}
     (mdir / "recipe.json").write_text(json.dumps(recipe, indent=1))
@@ -268,15 +357,21 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: float)
     return recipe
 
 
-def stage_train(workdir: Path, epochs: int) -> None:
+def out_dir(workdir: Path, system: System) -> Path:
+    return DATA_OUT if system.in_package else workdir / "models"
+
+
+def stage_train(workdir: Path, system: System, epochs: int) -> None:
     train, valid = split(workdir)
-    e0 = isolated_atom_energy(workdir)
-    log(f"train: {len(train)} train, {len(valid)} valid structures, E0 = {e0:.4f} eV")
-    DATA_OUT.mkdir(parents=True, exist_ok=True)
+    e0 = e0s(workdir, system)
+    log(f"train: {len(train)} train, {len(valid)} valid structures, E0 = "
+        + ", ".join(f"{el} {v:.4f}" for el, v in e0.items()) + " eV")
+    out = out_dir(workdir, system)
+    out.mkdir(parents=True, exist_ok=True)
     for seed in (0, 1, 2):
-        train_member(workdir, seed, train, valid, epochs, e0)
+        train_member(workdir, seed, train, valid, epochs, e0, system.tag)
         shutil.copyfile(workdir / f"member_s{seed}" / "final.model",
-                        DATA_OUT / f"cu_demo_foundation_s{seed}.model")
+                        out / f"{system.tag}_demo_foundation_s{seed}.model")
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,18 +406,23 @@ def rmse_block(pred, ref_e, ref_f, ref_s, nat, shift_energy: bool):
     return out
 
 
-def stage_evaluate(workdir: Path) -> dict:
+def stage_evaluate(workdir: Path, system: System) -> dict:
     from ase.io import read
 
     train, valid = split(workdir)
-    pbe = read(PBE_SET, index=":") if PBE_SET.is_file() else []
+    pbe = read(system.pbe_set, index=":") if system.pbe_set and system.pbe_set.is_file() else []
+    if not pbe:
+        log(f"evaluate: no GPAW PBE reference set for {system.tag} "
+            f"({system.pbe_set or 'none exists'}): scoring the held-out LDA split only")
     t_label = sum(float(a.info.get("gpaw_seconds", 0.0)) for a in train + valid)
-    meta = {"what": "stand-in foundation MACE committee for the Cu quickstart (NOT MACE-MP-0)",
+    e0 = e0s(workdir, system)
+    out = out_dir(workdir, system)
+    meta = {"what": system.what,
             "level_of_theory": {"code": "GPAW 26.7.0", **GPAW_SETTINGS,
                                 "note": "LDA on purpose: the demo DFT is GPAW PBE, so the "
                                         "foundation carries a real, modest systematic error"},
             "architecture": " ".join(ARCH) + " --default_dtype float64",
-            "e0_isolated_atom_eV": isolated_atom_energy(workdir),
+            "e0_isolated_atom_eV": next(iter(e0.values())) if len(e0) == 1 else e0,
             "n_structures": len(train) + len(valid), "n_valid": len(valid),
             "gpaw_cpu_seconds": round(t_label, 1), "members": {}}
     nat_v = np.array([len(a) for a in valid])
@@ -335,7 +435,7 @@ def stage_evaluate(workdir: Path) -> dict:
         pf = [a.arrays["DFT_forces"] for a in pbe]
         ps = np.array([a.info["DFT_stress"] for a in pbe]) if "DFT_stress" in pbe[0].info else None
     for seed in (0, 1, 2):
-        p = DATA_OUT / f"cu_demo_foundation_s{seed}.model"
+        p = out / f"{system.tag}_demo_foundation_s{seed}.model"
         rec = json.loads((workdir / f"member_s{seed}" / "recipe.json").read_text())
         m = {"file": p.name, "bytes": p.stat().st_size, "seed": seed, "data": rec["data"],
              "epochs": rec["epochs"], "train_seconds": rec["train_seconds"],
@@ -344,25 +444,30 @@ def stage_evaluate(workdir: Path) -> dict:
             m["vs_gpaw_pbe_4atom"] = rmse_block(_predict(p, pbe), pe, pf, ps, nat_p, True)
         meta["members"][f"s{seed}"] = m
         log(f"s{seed}: {json.dumps(m)}")
-    (DATA_OUT / "cu_demo_foundation.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out / f"{system.tag}_demo_foundation.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default=str(ROOT / "build" / "demo_foundation"))
+    ap.add_argument("--system", choices=sorted(SYSTEMS), default="Cu")
+    ap.add_argument("--workdir", help="default build/demo_foundation (Cu), "
+                                      "build/demo_foundation_cuau (CuAu)")
     ap.add_argument("--stage", choices=["all", "label", "train", "evaluate"], default="all")
-    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--epochs", type=int, help="default 300 (Cu), 200 (CuAu)")
+    ap.add_argument("--n-structures", type=int, help="label only the first N of the list")
     args = ap.parse_args(argv)
-    wd = Path(args.workdir)
+    system = SYSTEMS[args.system]
+    default_wd = "demo_foundation" + ("" if system.tag == "cu" else f"_{system.tag}")
+    wd = Path(args.workdir or ROOT / "build" / default_wd)
     wd.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.stage in ("all", "label"):
-        stage_label(wd)
+        stage_label(wd, system, args.n_structures)
     if args.stage in ("all", "train"):
-        stage_train(wd, args.epochs)
+        stage_train(wd, system, args.epochs or system.epochs)
     if args.stage in ("all", "evaluate"):
-        stage_evaluate(wd)
+        stage_evaluate(wd, system)
     log(f"finished stage {args.stage} in {time.time() - t0:.0f} s")
 
 

@@ -12,5 +12,7 @@ if ! ls pyacemaker_hpc/data/cu_demo_foundation_s0.model >/dev/null 2>&1; then
 fi
 .venv/bin/pyacemaker-hpc validate configs/quickstart.yaml
 .venv/bin/mpirun -n "$nranks" .venv/bin/pyacemaker-hpc configs/quickstart.yaml
+# step status, DFT jobs, and every model's held-out error next to an ACE fitted on the DFT labels alone
+.venv/bin/pyacemaker-hpc status runs/quickstart/campaign.h5
 .venv/bin/pyacemaker-hpc report runs/quickstart/campaign.h5 -o runs/quickstart/results/report.html
 echo "results: runs/quickstart/results (potential.yaml, potential.yace, potential.asi, mace_finetuned.model, *.xyz, report.html)"

@@ -4,6 +4,12 @@ The held-out set comes from ``evaluation.holdout_file`` (existing DFT data) or i
 fresh candidates (a different random stream than step 1) labelled by the same DFT oracle;
 those calls are counted apart from the training budget. An ACE fitted on the step-2 DFT
 labels alone, with the same basis and budget, is the baseline every claim is measured on.
+
+Two more records, for the report: whether step 2's committee spread ranks the actual error
+of its first member on these structures (the reason to trust the uncertainty that chose the
+DFT calls: per-structure arrays in ``/metrics/holdout_uncertainty/``, Spearman rho in
+``/metrics/evaluation`` under ``uncertainty``), and in the plain loop every iteration's ACE
+on the same held-out set (``learning_curve``: error against DFT labels spent).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import logging
 
 import numpy as np
 
-from ..core.models import Label, LabelledSet
+from ..core.models import Label, LabelledSet, Uncertainty
 from ..parallel import TaskFailed
 from .context import Step, StepContext, digest
 from .labelling import dft_settings_key, label_set_with_dft
@@ -36,6 +42,81 @@ def errors(reference: LabelledSet, predicted: list[Label]) -> dict:
     return {"n": len(de), "energy_rmse_meV_atom": 1000 * float(np.sqrt(np.mean(de ** 2))),
             "energy_rmse_shifted_meV_atom": 1000 * float(np.std(de)),
             "force_rmse_meV_A": 1000 * float(np.sqrt(np.mean(df ** 2)))}
+
+
+def per_structure_errors(reference: LabelledSet, predicted: list[Label]) -> dict[str, np.ndarray]:
+    """Per item: the largest per-atom force error |F_pred - F_dft| (eV/A; the committee's
+    force spread is a max over atoms too), the RMS force-component error (eV/A) and the
+    |energy error| per atom (eV/atom, mean offset removed: a constant shift is no error the
+    spread could see). NaN where either side failed, so arrays stay aligned with the set."""
+    n = len(reference)
+    out = {k: np.full(n, np.nan) for k in ("max_force_error", "rms_force_error", "abs_energy_error")}
+    de = np.full(n, np.nan)
+    for i, (at, ref, pred) in enumerate(zip(reference.structures, reference.labels, predicted)):
+        if not (ref.ok and pred.ok):
+            continue
+        d = np.asarray(pred.forces) - np.asarray(ref.forces)
+        out["max_force_error"][i] = float(np.linalg.norm(d, axis=1).max()) if len(d) else 0.0
+        out["rms_force_error"][i] = float(np.sqrt(np.mean(d ** 2))) if len(d) else 0.0
+        de[i] = (pred.energy - ref.energy) / len(at)
+    if np.isfinite(de).any():
+        out["abs_energy_error"] = np.abs(de - np.nanmean(de))
+    return out
+
+
+def spearman(x, y) -> float | None:
+    """Spearman rank correlation over the finite pairs; None when it is undefined (fewer
+    than 3 pairs, or a constant side such as a one-member committee's zero spread)."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def uncertainty_summary(unc: Uncertainty, err: dict[str, np.ndarray], n_members: int) -> dict:
+    """Rank correlations between the committee spread and the first member's errors."""
+    return {"committee_size": n_members, "member": "foundation MACE",
+            "n": int(np.sum(np.isfinite(err["max_force_error"]))),
+            "spearman_force_std_vs_max_force_error": spearman(unc.force_std, err["max_force_error"]),
+            "spearman_force_std_vs_rms_force_error": spearman(unc.force_std, err["rms_force_error"]),
+            "spearman_energy_std_vs_abs_energy_error": spearman(unc.energy_std, err["abs_energy_error"])}
+
+
+def uncertainty_vs_error(ctx: StepContext, ho: LabelledSet, first_member: list[Label]) -> dict:
+    """Step 2's committee (same models, same farm path on the ``mace`` role) on the held-out
+    structures, against the error of its first member's predictions ``first_member``. The
+    arrays go to ``/metrics/holdout_uncertainty/``; returns the summary."""
+    from .s2_active_learning import committee_models, committee_uncertainty
+
+    models = committee_models(ctx)
+    unc = committee_uncertainty(ctx, models, ho.structures)
+    err = per_structure_errors(ho, first_member)
+    store_uncertainty(ctx.camp, unc, err)
+    return uncertainty_summary(unc, err, len(models))
+
+
+def store_uncertainty(camp, unc: Uncertainty, err: dict[str, np.ndarray]) -> None:
+    """The per-structure spread and errors under ``/metrics/holdout_uncertainty/`` (what
+    the report plots), in one commit."""
+    with camp.transaction():
+        for key, arr in {"force_std": unc.force_std, "energy_std": unc.energy_std, **err}.items():
+            camp.write_array(f"metrics/holdout_uncertainty/{key}", arr)
+
+
+def plain_loop_curve(ctx: StepContext, ho: LabelledSet) -> list[dict]:
+    """Held-out errors of every plain-loop iteration's ACE (``ace_iter<k>``) against the
+    DFT labels it was fitted on: the loop's learning curve on data no iteration saw."""
+    history = ctx.camp.read_json("metrics/plain_dft_loop") or []
+    curve = []
+    for rec in history:
+        name = f"ace_iter{rec['iteration']}"
+        if ctx.camp.has_model(name):
+            curve.append({"model": name, "n_dft_calls": rec["n_dft_calls"], "n_dft_labels": rec["n_train"],
+                          **errors(ho, ace_predictions(ctx, name, ho.structures))})
+    return curve
 
 
 def holdout_set(ctx: StepContext) -> LabelledSet:
@@ -90,11 +171,14 @@ class Evaluate(Step):
     def inputs(self, ctx):
         cfg = ctx.cfg
         models = [n for n in ctx.camp.model_names() if n != "ace_dft_only"]
-        return {"evaluation": cfg.section_dict("evaluation"), "dft": dft_settings_key(ctx),
-                "models": sorted(models), "pacemaker": cfg.section_dict("pacemaker"),
-                "upstream": [ctx.output_hash(s) for s in ("step2_active_learning", "step3_finetune",
-                                                          "step6_base_ace", "step7_delta_learning",
-                                                          "plain_dft_loop")]}
+        out = {"evaluation": cfg.section_dict("evaluation"), "dft": dft_settings_key(ctx),
+               "models": sorted(models), "pacemaker": cfg.section_dict("pacemaker"),
+               "upstream": [ctx.output_hash(s) for s in ("step2_active_learning", "step3_finetune",
+                                                         "step6_base_ace", "step7_delta_learning",
+                                                         "plain_dft_loop")]}
+        if cfg.distillation.enable_mace_distillation:  # the uncertainty-vs-error record uses it
+            out["committee"] = [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee]
+        return out
 
     def run(self, ctx):
         from .s6_base_ace import energy_reference
@@ -106,29 +190,34 @@ class Evaluate(Step):
             camp.write_json("metrics/evaluation", {})
             return digest("empty")
         results = {}
+        dft = camp.labelled_set("dft", "dft")
+        summary = {"n_holdout": len(ho.usable()), "n_dft_training": len(dft), "models": results}
 
-        def record(key: str, name: str, pred: list[Label]) -> None:
-            """Keep the predictions (for parity plots) and the errors."""
+        def record(key: str, name: str, pred: list[Label], n_dft: int | None = None) -> None:
+            """Keep the predictions (for parity plots), the errors and the number of DFT
+            labels behind the model (the x of the report's learning curve)."""
             camp.init_labels("holdout", key, keep_existing=False)
             camp.put_labels("holdout", key, dict(enumerate(pred)))
-            results[name] = errors(ho, pred)
+            results[name] = {**errors(ho, pred), "n_dft_labels": len(dft) if n_dft is None else n_dft}
 
         if cfg.distillation.enable_mace_distillation:
             from ..oracle.mace_surrogate import resolve_model
 
             base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
-            record("foundation", "foundation MACE", mace_predictions(ctx, base, ho.structures))
+            foundation = mace_predictions(ctx, base, ho.structures)
+            record("foundation", "foundation MACE", foundation, n_dft=0)
+            summary["uncertainty"] = uncertainty_vs_error(ctx, ho, foundation)
             record("mace_ft_0", "fine-tuned MACE",
                    mace_predictions(ctx, ctx.model_path("mace_ft_0", ".model"), ho.structures))
             record("ace_base", "base ACE (step 6)", ace_predictions(ctx, "ace_base", ho.structures))
+        else:
+            summary["learning_curve"] = plain_loop_curve(ctx, ho)
         record("ace_final", "final ACE", ace_predictions(ctx, "ace_final", ho.structures))
-        dft = camp.labelled_set("dft", "dft")
         if cfg.evaluation.compare_dft_only and cfg.distillation.enable_mace_distillation:
             model = ctx.farm.run_one("train", ace_fit_task, cfg, energy_reference(ctx), dft,
                                      str(ctx.workdir / "pacemaker" / "ace_dft_only"), "ace_dft_only")
             camp.store_model(model)
             record("ace_dft_only", "ACE on DFT labels only", ace_predictions(ctx, "ace_dft_only", ho.structures))
-        summary = {"n_holdout": len(ho.usable()), "n_dft_training": len(dft), "models": results}
         camp.write_json("metrics/evaluation", summary)
         print_table(summary)
         return digest(summary)
@@ -142,4 +231,8 @@ def print_table(summary: dict) -> None:
         if m.get("n"):
             lines.append(f"{name:<26} {m['energy_rmse_meV_atom']:>16.1f} {m['energy_rmse_shifted_meV_atom']:>17.1f} "
                          f"{m['force_rmse_meV_A']:>13.1f}")
+    rho = (summary.get("uncertainty") or {}).get("spearman_force_std_vs_max_force_error")
+    if rho is not None:
+        lines.append(f"committee force spread vs foundation's largest force error: Spearman rho {rho:.2f} "
+                     f"(n={summary['uncertainty']['n']})")
     print("\n".join(lines), flush=True)
