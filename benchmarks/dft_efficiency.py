@@ -69,6 +69,19 @@ ROW_NAMES = {"final ACE": "final ACE", "ACE on DFT labels only": "DFT-only ACE",
 
 
 # ---------------------------------------------------------------------------- held-out set
+def holdout_candidates(base_cfg: dict, n: int, seed: int) -> list:
+    """``n`` fresh generator candidates drawn with their own rng seed (no campaign's)."""
+    from pyacemaker_hpc.config import parse_config
+    from pyacemaker_hpc.steps.s1_sampling import seed_structures
+    from pyacemaker_hpc.structure_generator.mutations import MutationGenerator
+
+    cfg = parse_config(base_cfg)
+    rng = np.random.default_rng(seed)
+    cands = MutationGenerator(cfg.generator, cfg.system.elements).generate(seed_structures(cfg), rng)
+    pick = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False))
+    return [cands[int(i)] for i in pick]
+
+
 def make_holdout(base_cfg: dict, n: int, seed: int, path: Path, work: Path) -> Path:
     """Label ``n`` fresh candidates with the project's DFT oracle once; cached as extxyz."""
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -80,17 +93,10 @@ def make_holdout(base_cfg: dict, n: int, seed: int, path: Path, work: Path) -> P
         return path
     from pyacemaker_hpc.config import parse_config
     from pyacemaker_hpc.oracle.dft import make_dft_oracle
-    from pyacemaker_hpc.steps.s1_sampling import seed_structures
-    from pyacemaker_hpc.structure_generator.mutations import MutationGenerator
 
-    cfg = parse_config(base_cfg)
-    rng = np.random.default_rng(seed)
-    cands = MutationGenerator(cfg.generator, cfg.system.elements).generate(seed_structures(cfg), rng)
-    pick = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False))
-    oracle = make_dft_oracle(cfg)
+    oracle = make_dft_oracle(parse_config(base_cfg))
     frames, t0 = [], time.time()
-    for k, i in enumerate(pick):
-        at = cands[int(i)]
+    for k, at in enumerate(holdout_candidates(base_cfg, n, seed)):
         lab = oracle.label(at, str(work / f"{k:03d}"))
         if not lab.ok:
             print(f"  holdout {k}: DFT failed ({lab.error}); skipped", flush=True)
@@ -100,7 +106,7 @@ def make_holdout(base_cfg: dict, n: int, seed: int, path: Path, work: Path) -> P
         a.calc = SinglePointCalculator(a, energy=lab.energy, forces=np.asarray(lab.forces),
                                        **({"stress": np.asarray(lab.stress)} if lab.stress is not None else {}))
         frames.append(a)
-        print(f"  holdout {k + 1}/{len(pick)}: {len(a)} atoms, {lab.seconds:.1f} s", flush=True)
+        print(f"  holdout {k + 1}/{n}: {len(a)} atoms, {lab.seconds:.1f} s", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     write(str(path) + ".tmp.extxyz", frames, format="extxyz")
     os.replace(str(path) + ".tmp.extxyz", path)
