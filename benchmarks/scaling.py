@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from direct_sampling import build_pool, load  # noqa: E402
+from uncertainty import save  # noqa: E402  (results JSON at args.out)
 
 from pyacemaker_hpc.campaign import Campaign, cache_label, cached_labels  # noqa: E402
 from pyacemaker_hpc.core.models import Label  # noqa: E402
@@ -211,12 +212,16 @@ def part_farm(a, res) -> None:
 
 
 def efficiency_table(runs: list, kinds: list, cores: int) -> list:
-    """Speed-up against serial and one worker, efficiency T(1) / (W T(W)), and for context
-    the most this machine allows, min(W, cores) / W (rank 0 mostly sleeps while polling)."""
+    """Speed-up against serial and one worker, efficiency T(1) / (W T(W)), the most this
+    machine allows, min(W, cores) / W (rank 0 mostly sleeps while polling), and eff*: the
+    same efficiency from full-core wall times, wall x cores used / W -- what the run would
+    take if each worker had had a core of its own (farm overhead and imbalance kept, the CPU
+    that other jobs or oversubscription took removed): a hypothetical for W > cores."""
     rows = []
     for kind in kinds:
         serial = next((r[kind]["wall_s"] for r in runs if r["workers"] == 0), None)
         one = next((r[kind]["wall_s"] for r in runs if r["workers"] == 1), None)
+        one_full = next((full_core_s(r[kind], 1) for r in runs if r["workers"] == 1), None)
         for r in runs:
             m, w = r[kind], r["workers"]
             rows.append({"kind": kind, "workers": w, "processes": w + 1 if w else 1, "wall_s": m["wall_s"],
@@ -224,6 +229,7 @@ def efficiency_table(runs: list, kinds: list, cores: int) -> list:
                          "speedup_vs_1_worker": one / m["wall_s"] if one and w else None,
                          "efficiency": one / (w * m["wall_s"]) if one and w else None,
                          "max_efficiency_here": min(w, cores) / w if w else None,
+                         "efficiency_full_cores": one_full / (w * full_core_s(m, w)) if one_full and w else None,
                          "cpu_share": m["cpu_share"], "utilization": m["utilization"],
                          "cores_used": m["task_cpu_s"] / m["wall_s"],
                          "oversubscribed": w > cores, "checksum": m["checksum"],
@@ -231,17 +237,24 @@ def efficiency_table(runs: list, kinds: list, cores: int) -> list:
     return rows
 
 
+def full_core_s(m: dict, workers: int) -> float:
+    """Wall time scaled to ``workers`` whole cores: wall x (CPU the tasks got / wall) / W."""
+    return m["wall_s"] * (m["task_cpu_s"] / m["wall_s"]) / max(workers, 1)
+
+
 def print_farm(farm: dict) -> None:
     print(f"\n== farmed steps: wall time on rank 0 ({farm['cores']} cores on this machine) ==")
     print(f"{'kind':<11}{'workers':>8}{'procs':>6}{'tasks':>6}{'wall s':>8}{'vs serial':>10}{'vs 1 wkr':>9}"
-          f"{'eff':>6}{'max here':>9}{'cores used':>11}{'cpu/wall':>9}{'util':>6}{'load1':>12}")
+          f"{'eff':>6}{'max here':>9}{'cores used':>11}{'eff*':>6}{'cpu/wall':>9}{'util':>6}{'load1':>12}")
     f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
     for r in farm["table"]:
         print(f"{r['kind']:<11}{r['workers']:>8}{r['processes']:>6}{r['n_tasks']:>6}{r['wall_s']:8.2f}"
               f"{f(r['speedup_vs_serial'], '%.2f'):>10}{f(r['speedup_vs_1_worker'], '%.2f'):>9}"
               f"{f(None if r['efficiency'] is None else 100 * r['efficiency'], '%.0f%%'):>6}"
               f"{f(None if r['max_efficiency_here'] is None else 100 * r['max_efficiency_here'], '%.0f%%'):>9}"
-              f"{r['cores_used']:11.2f}{r['cpu_share']:9.2f}{r['utilization']:6.2f}"
+              f"{r['cores_used']:11.2f}"
+              f"{f(None if r['efficiency_full_cores'] is None else 100 * r['efficiency_full_cores'], '%.0f%%'):>6}"
+              f"{r['cpu_share']:9.2f}{r['utilization']:6.2f}"
               f"{r['load1'][0]:6.2f}/{r['load1'][1]:5.2f}"
               + ("  oversubscribed" if r["oversubscribed"] else ""))
     for kind in {r["kind"] for r in farm["table"]}:
@@ -250,7 +263,9 @@ def print_farm(farm: dict) -> None:
             print(f"WARNING: {kind} results differ between runs: {sorted(sums)}")
     print("eff = T(1 worker) / (W x T(W workers)); 'max here' = the most this machine's cores allow\n"
           "(rank 0 mostly sleeps while polling); cores used = task CPU seconds per wall second (what\n"
-          "the workers actually got: other jobs on the machine take the rest); cpu/wall = CPU seconds\n"
+          "the workers actually got: other jobs on the machine take the rest); eff* = eff from wall\n"
+          "times scaled to one whole core per worker (wall x cores used / W): overhead and imbalance\n"
+          "kept, contention removed -- an estimate, not a measurement; cpu/wall = CPU seconds\n"
           "per task wall second (below 1: the task shared its core); util = share of the wall time\n"
           "the workers spent inside tasks (the rest is farm overhead and waiting for the last task).")
 
@@ -329,12 +344,6 @@ def print_io(r: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def save(a, res) -> None:
-    p = Path(a.out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(res, indent=1))
-
-
 QUICK = {"n_descriptor": 400, "n_label": 800, "n_dft": 6, "n_io": 2000, "n_commits": 50}
 
 

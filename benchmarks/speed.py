@@ -2,14 +2,14 @@
 and the wall time of each pipeline step.
 
     OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python benchmarks/speed.py [--quick] \
-        [--parts md label steps] [--sizes 32 108 256] [--threads 1 2] [--steps 20] [--warmup 3] \
-        [--budget-s 30] [--presets small medium large] [--ace-iterations 10] [--no-mp0] \
+        [--parts md label steps] [--sizes 32 108 256] [--threads 1 2] [--warmup 3] [--budget-s 30] \
+        [--min-steps 3] [--max-steps 500] [--presets small medium large] [--ace-iterations 10] [--no-mp0] \
         [--n-small 1000] [--n-large 1000] [--batch-sizes 8 32 128] [--dtypes float64 float32] \
         [--campaign runs/quickstart/campaign.h5] [--out runs/benchmarks/speed.json] \
         [--workdir runs/benchmarks/speed_work]
 
-``--quick``: 32- and 108-atom cells, 10 timed steps after 2 warm-up steps, a 15 s budget per
-measurement, 200 small + 100 large cells for labelling at one batch size (about 4 minutes).
+``--quick``: 32- and 108-atom cells, 2 warm-up steps, a 10 s budget per measurement, 200
+small + 100 large cells for labelling at one batch size (about 4-5 minutes).
 
 What is measured, on CPU (a GPU would change every MACE figure; ACE runs on CPU anyway):
 
@@ -28,10 +28,12 @@ What is measured, on CPU (a GPU would change every MACE figure; ACE runs on CPU 
     pacemaker run (``PacemakerTrainer``, ``--ace-iterations`` BFGS steps, on 20 EMT-labelled
     4-atom Cu cells: an ACE's cost depends on its basis, not its coefficients), plus the
     quickstart's own ``results/potential.yace`` when it exists.
-  Each calculator runs ``--steps`` timed steps, fewer (at least 3) when the warm-up says
-  one step costs more than ``--budget-s / --steps``. With ``--threads 1 2`` every
-  calculator is timed at each torch thread count (pyace evaluates on one thread). Prints the
-  MACE/ACE cost ratio per size: the reason to distil.
+  Each calculator runs as many timed steps as the warm-up says fit in ``--budget-s``
+  (between ``--min-steps`` and ``--max-steps``). Both the wall time and this process's CPU
+  time are recorded: at one thread the CPU time is the cost free of whatever else runs on
+  the machine, so the MACE/ACE cost ratio (the reason to distil) is taken from it. With
+  ``--threads 1 2`` every MACE is timed at each torch thread count (pyace evaluates on one
+  thread); there the wall time is the figure, on a machine with cores to spare.
 * ``label``: structures/s of ``MaceCommittee.label_batch`` (step 5's batched path) against
   one ``MACECalculator`` call per structure, demo foundation, float64 and float32, on
   4-atom and 32-atom cells: the throughput part of ``benchmarks/uncertainty.py``, imported.
@@ -61,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import uncertainty as uncertainty_bench  # noqa: E402  (benchmarks/uncertainty.py)
+from uncertainty import save  # noqa: E402  (results JSON at args.out)
 from direct_sampling import load  # noqa: E402  (load average beside every timing)
 
 from pyacemaker_hpc.campaign import Campaign  # noqa: E402
@@ -88,26 +91,27 @@ def supercell(n_atoms: int, seed: int = 0):
     return at
 
 
-def md_cost(calc, atoms, steps: int, warmup: int, budget_s: float) -> dict:
-    """Microseconds per atom per VelocityVerlet step; the warm-up (first graph, caches)
-    is not timed but sets how many steps fit the budget."""
+def md_cost(calc, atoms, warmup: int, budget_s: float, min_steps: int, max_steps: int) -> dict:
+    """Microseconds per atom per VelocityVerlet step, wall and CPU (this process, all its
+    threads); the warm-up (first graph, caches) is not timed but sets how many steps fit
+    the budget."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     a = atoms.copy()
     a.calc = calc
-    MaxwellBoltzmannDistribution(a, temperature_K=300, rng=np.random.default_rng(1))
+    thermalize_momenta(a, temperature_K=300, rng=np.random.default_rng(1))
     dyn = VelocityVerlet(a, timestep=1.0 * units.fs)
     t = time.perf_counter()
     dyn.run(warmup)
     per_step = (time.perf_counter() - t) / max(warmup, 1)
-    n = max(3, min(steps, int(budget_s / max(per_step, 1e-9))))
-    t = time.perf_counter()
+    n = max(min_steps, min(max_steps, int(budget_s / max(per_step, 1e-9))))
+    t, c = time.perf_counter(), time.process_time()
     dyn.run(n)
-    dt = time.perf_counter() - t
-    return {"atoms": len(a), "steps": n, "seconds": dt, "ms_per_step": 1e3 * dt / n,
-            "us_per_atom_step": 1e6 * dt / (n * len(a)),
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    return {"atoms": len(a), "steps": n, "seconds": dt, "cpu_seconds": cpu, "ms_per_step": 1e3 * dt / n,
+            "us_per_atom_step": 1e6 * dt / (n * len(a)), "cpu_us_per_atom_step": 1e6 * cpu / (n * len(a)),
             "max_force_eV_A": float(np.linalg.norm(a.get_forces(), axis=1).max())}
 
 
@@ -207,11 +211,12 @@ def part_md(args, res) -> None:
             torch.set_num_threads(threads)
             for n, cell in cells.items():
                 with torch_dtype(info["dtype"]) if family == "mace" else contextlib.nullcontext():
-                    r = md_cost(calc, cell, args.steps, args.warmup, args.budget_s)
+                    r = md_cost(calc, cell, args.warmup, args.budget_s, args.min_steps, args.max_steps)
                 rows.append({"calculator": name, "family": family, "threads": threads, **info, **r,
                              "load": load()})
                 print(f"  {name:<34} {threads} thr {r['atoms']:4d} atoms: {r['us_per_atom_step']:10.1f} us/atom/step"
-                      f" ({r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
+                      f" wall, {r['cpu_us_per_atom_step']:10.1f} CPU ({r['steps']} steps, {r['seconds']:.1f} s)",
+                      flush=True)
                 save(args, res)
         del calc
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -238,34 +243,27 @@ def part_steps(args, res) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def save(args, res) -> None:
-    p = Path(args.out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(res, indent=1, default=str))
-
-
 def print_md(md: dict) -> None:
-    """us/atom/step per calculator and size, then MACE/ACE ratios per size."""
+    """us/atom/step per calculator and size (wall, then CPU), then MACE/ACE cost ratios."""
     rows = md["rows"]
     sizes = sorted({r["atoms"] for r in rows})
-    print(f"\n== ASE MD step cost, CPU, us per atom per step (fewer steps where marked *) ==")
-    print(f"{'calculator':<36}{'thr':>4}" + "".join(f"{n:>10d} at" for n in sizes))
-    key = lambda r: (r["calculator"], r["threads"])  # noqa: E731
-    table = {}
+    table: dict = {}
     for r in rows:
-        table.setdefault(key(r), {})[r["atoms"]] = r
-    for (name, thr), by_n in table.items():
-        cells = "".join(f"{by_n[n]['us_per_atom_step']:12.1f}" + ("*" if by_n[n]["steps"] < md.get("steps", 0) else " ")
-                        if n in by_n else f"{'-':>13}" for n in sizes)
-        print(f"{name:<36}{thr:>4}{cells}")
+        table.setdefault((r["calculator"], r["threads"]), {})[r["atoms"]] = r
+    for key, what in (("us_per_atom_step", "wall time"), ("cpu_us_per_atom_step", "CPU time of this process")):
+        print(f"\n== ASE MD step cost on CPU, {what}: us per atom per step (timed steps in brackets) ==")
+        print(f"{'calculator':<36}{'thr':>4}" + "".join(f"{f'{n} atoms':>18}" for n in sizes))
+        for (name, thr), by_n in table.items():
+            print(f"{name:<36}{thr:>4}" + "".join(
+                f"{by_n[n][key]:12.1f} ({by_n[n]['steps']:3d})" if n in by_n else f"{'-':>18}" for n in sizes))
     aces = [k for k in table if k[0].startswith("ACE")]
-    maces = [k for k in table if not k[0].startswith("ACE")]
+    maces = [k for k in table if not k[0].startswith("ACE") and k[1] == 1]
     for n in sizes if aces and maces else []:
-        print(f"\nMACE / ACE cost ratio at {n} atoms (same cells; ACE on one thread):")
+        print(f"\nMACE / ACE cost ratio at {n} atoms, one thread, from CPU time (same cells):")
         print(f"{'':<40}" + "".join(f"{a[0][4:]:>18}" for a in aces))
         for m in maces:
-            print(f"{m[0]:<36}{m[1]:>2} t" + "".join(
-                f"{table[m][n]['us_per_atom_step'] / table[a][n]['us_per_atom_step']:17.0f}x"
+            print(f"{m[0]:<40}" + "".join(
+                f"{table[m][n]['cpu_us_per_atom_step'] / table[a][n]['cpu_us_per_atom_step']:17.0f}x"
                 if n in table[m] and n in table[a] else f"{'-':>18}" for a in aces))
 
 
@@ -291,8 +289,7 @@ def report(res: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-QUICK = {"sizes": [32, 108], "steps": 10, "warmup": 2, "budget_s": 15.0, "n_small": 200, "n_large": 100,
-         "batch_sizes": [32]}
+QUICK = {"sizes": [32, 108], "warmup": 2, "budget_s": 10.0, "n_small": 200, "n_large": 100, "batch_sizes": [32]}
 
 
 def parse(argv=None):
@@ -301,9 +298,10 @@ def parse(argv=None):
     ap.add_argument("--parts", nargs="+", default=["md", "label", "steps"], choices=["md", "label", "steps"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 108, 256])
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=30.0, help="seconds of timed MD per calculator and size")
+    ap.add_argument("--min-steps", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--presets", nargs="+", default=["small", "medium", "large"],
                     choices=["tiny", "small", "medium", "large"])
     ap.add_argument("--ace-iterations", type=int, default=10)
@@ -331,7 +329,7 @@ def main(argv=None):
     import torch
 
     res = {"settings": vars(args), "machine": f"{os.cpu_count()} cores, torch {torch.__version__}, "
-                                              f"{load()} at start", "md": {"steps": args.steps, "rows": []}}
+                                              f"{load()} at start", "md": {"rows": []}}
     t0 = time.time()
     if "steps" in args.parts:
         part_steps(args, res)

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report")
     r.add_argument("campaign")
     r.add_argument("-o", "--output", default=None)
+    r.add_argument("--learning-curve", default=None,
+                   help="a benchmarks/dft_efficiency.py JSON to draw (default: learning_curve.json "
+                        "beside the campaign, when there)")
     args = p.parse_args(argv)
     rank = _rank()
     _setup_logging(rank)
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "report":
         from .report import write_report
 
-        print(write_report(camp, args.output))
+        print(write_report(camp, args.output, learning_curve=args.learning_curve))
     return 0
 
 

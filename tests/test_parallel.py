@@ -91,3 +91,20 @@ def test_dft_cost_estimate_grows_with_atoms_and_kpoints():
     assert estimated_cost(cell * (2, 2, 2), 2.0) > estimated_cost(cell, 2.0)  # 32 atoms vs 4
     assert estimated_cost(cell, 4.0) > estimated_cost(cell, 1.0)  # denser k-mesh
     assert estimated_cost(cell) == 64.0  # no k-point density (EMT, any ASE calculator): atoms^3
+
+
+def test_training_subprocess_logs_progress_and_honours_timeout(tmp_path, caplog):
+    import logging
+    import re
+
+    from pyacemaker_hpc.tools.logged_run import run_with_progress
+
+    script = "import time\nfor k in range(1, 6):\n    print(f'Iteration #{k}', flush=True); time.sleep(0.1)\n"
+    with caplog.at_level(logging.INFO, logger="pyacemaker_hpc"):
+        code = run_with_progress([sys.executable, "-c", script], tmp_path, dict(os.environ), tmp_path / "out.txt",
+                                 30, label="fit", pattern=re.compile(r"Iteration\s+#(\d+)"), total=10, every_s=0.25)
+    assert code == 0 and "Iteration #5" in (tmp_path / "out.txt").read_text()
+    assert any(re.search(r"fit: \d/10, .* ETA", r.getMessage()) for r in caplog.records), caplog.text
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_with_progress([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path, dict(os.environ),
+                          tmp_path / "slow.txt", 0.5, label="slow", pattern=re.compile(r"(\d+)"), total=1)

@@ -59,7 +59,11 @@ from typing import Sequence
 
 from ..core.models import LabelledSet, TrainedModel
 from ..oracle.mace_surrogate import MaceCommittee, pick_device, resolve_model, torch_dtype
+from ..tools.logged_run import run_with_progress
 from ..tools.toy_data import write_mace_extxyz
+
+#: mace_run_train's epoch counter in its output ("INFO: Epoch 12: head: ...")
+_EPOCH = re.compile(r"Epoch (\d+):")
 
 PREFIX = "REF_"
 
@@ -322,9 +326,8 @@ class MaceFinetuner:
         env.setdefault("OMP_NUM_THREADS", "1")
         out_path = wd / "mace_run_train.out"
         try:
-            with open(out_path, "w") as fo:
-                res = subprocess.run(cmd, cwd=wd, stdout=fo, stderr=subprocess.STDOUT, env=env,
-                                     timeout=self.timeout_s)
+            code = run_with_progress(cmd, wd, env, out_path, self.timeout_s, label=f"mace_run_train {name}",
+                                     pattern=_EPOCH, total=self.epochs)
         except subprocess.TimeoutExpired:
             raise MaceTrainError(f"mace_run_train exceeded {self.timeout_s} s (log: {out_path})") from None
         except OSError as err:
@@ -334,8 +337,8 @@ class MaceFinetuner:
         log_text = "\n".join(p.read_text(errors="replace") for p in log_files
                              if not p.name.endswith("_debug.log")) or text
         model_path = wd / f"{name}.model"
-        if res.returncode != 0 or not model_path.is_file():
-            why = f"exit status {res.returncode}" if res.returncode else f"no {model_path.name} written"
+        if code != 0 or not model_path.is_file():
+            why = f"exit status {code}" if code else f"no {model_path.name} written"
             raise MaceTrainError(f"mace_run_train failed ({why}); full log: {out_path}\n"
                                  + _error_lines(text or log_text))
 

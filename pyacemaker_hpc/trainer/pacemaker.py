@@ -44,6 +44,7 @@ from ase import Atoms
 
 from ..config import PacemakerCfg
 from ..core.models import Label, LabelledSet, TrainedModel
+from ..tools.logged_run import run_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +178,25 @@ def _tail_message(text: str, n: int = 25) -> str:
     return f"{last}\n--- last lines of output ---\n" + "\n".join(lines[-n:])
 
 
-def _run(cmd: list[str], cwd: Path, env: dict, log_name: str, timeout: float | None) -> str:
-    """Run an argument list in ``cwd``; stdout+stderr go to ``cwd/log_name``.
+#: pacemaker's iteration counter in its output ("Iteration   #12 ...")
+_ITERATION = re.compile(r"Iteration\s+#(\d+)")
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, log_name: str, timeout: float | None,
+         progress: tuple[str, int] | None = None) -> str:
+    """Run an argument list in ``cwd``; stdout+stderr go to ``cwd/log_name``; with
+    ``progress=(label, max_iterations)`` a fit logs its iteration count and ETA.
     Raises PacemakerError with the tool's last lines on failure."""
     out_path = cwd / log_name
     try:
-        with open(out_path, "w") as fh:
-            res = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                 timeout=timeout)
+        if progress is not None:
+            code = run_with_progress(cmd, cwd, env, out_path, timeout, label=progress[0],
+                                     pattern=_ITERATION, total=progress[1])
+            res = subprocess.CompletedProcess(cmd, code)
+        else:
+            with open(out_path, "w") as fh:
+                res = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                     timeout=timeout)
     except subprocess.TimeoutExpired:
         raise PacemakerError(f"{Path(cmd[0]).name} timed out after {timeout} s in {cwd}:\n"
                              + _tail_message(out_path.read_text(errors="replace"))) from None
@@ -392,7 +404,8 @@ class PacemakerTrainer:
             cmd += ["-p", "initial.yaml"]
         env = self.env()
         t_pm = time.time()
-        text = _run(cmd, wd, env, "pacemaker.out", self.timeout_s)
+        text = _run(cmd, wd, env, "pacemaker.out", self.timeout_s,
+                    progress=(f"pacemaker fit {name}", maxiter))
         pm_seconds = time.time() - t_pm
         pot = wd / "output_potential.yaml"
         if not pot.is_file():
