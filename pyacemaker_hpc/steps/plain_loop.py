@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..core.models import LabelledSet
 from .context import Step, StepContext, digest
 from .labelling import dft_settings_key, existing_data_key, import_existing_dft, label_set_with_dft
 from .s1_sampling import select

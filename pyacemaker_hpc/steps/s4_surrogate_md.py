@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 
 from ..parallel import TaskFailed
-from .context import Step, StepContext, digest
+from .context import Step, digest
 from .s1_sampling import compute_descriptors, descriptor_model, select
 from .s3_finetune import finetuned_names
 from .tasks import md_task

@@ -6,7 +6,7 @@ import logging
 
 from ..core.models import PENDING
 from ..parallel import TaskFailed
-from .context import Step, StepContext, digest
+from .context import Step, digest
 from .s3_finetune import finetuned_names
 from .tasks import mace_label_task
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from .context import Step, StepContext, digest
+from .context import Step, StepContext
 from .tasks import ace_fit_task
 
 log = logging.getLogger("pyacemaker_hpc")

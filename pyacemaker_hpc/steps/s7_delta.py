@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from .context import Step, StepContext
+from .context import Step
 from .s6_base_ace import energy_reference
 from .tasks import delta_task
 
