@@ -172,7 +172,9 @@ class FinetuneCfg(_Strict):
     #: E0s for fine-tuning: estimated (least-squares correction of the foundation's E0s; for a
     #: DFT reference unlike the foundation's), foundation, average (naive only), or a JSON dict
     e0s: str = "estimated"
-    energy_weight: float = Field(10.0, ge=0)
+    #: 100 measured best (Cu, 20 DFT labels): teacher energy RMSE 20.3 -> 1.5 meV/atom against
+    #: 10, forces 7.3 -> 9.2 meV/A; the final ACE gained on both (README)
+    energy_weight: float = Field(100.0, ge=0)
     forces_weight: float = Field(100.0, ge=0)
     stress_weight: float = Field(10.0, ge=0)
     lr: float = Field(0.01, gt=0)
