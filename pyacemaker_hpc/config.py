@@ -181,6 +181,23 @@ class FinetuneCfg(_Strict):
     batch_size: int = Field(4, gt=0)
     valid_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 1
+    #: candidate loss settings (dicts of energy_weight, forces_weight, stress_weight, lr)
+    #: cross-validated on the DFT labels before step 3 fine-tunes with the best; empty: the
+    #: weights above are used as they are
+    select_by_validation: list[dict[str, float]] = []
+    cv_folds: int = Field(3, ge=2)
+
+    @field_validator("select_by_validation")
+    @classmethod
+    def _tunable_keys(cls, v):
+        allowed = ("energy_weight", "forces_weight", "stress_weight", "lr")
+        for cand in v:
+            bad = sorted(set(cand) - set(allowed))
+            if bad or not cand:
+                raise ValueError(f"each candidate sets some of {list(allowed)}; got {cand}")
+            if any(x < 0 or (k == "lr" and x == 0) for k, x in cand.items()):
+                raise ValueError(f"weights must be >= 0 and lr > 0; got {cand}")
+        return v
 
 
 class MdCfg(_Strict):

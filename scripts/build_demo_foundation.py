@@ -43,8 +43,8 @@ set stays in ``<workdir>`` (default ``build/demo_foundation``, gitignored).
 substitutional fcc 4- and 8-atom cells, a few mixed bcc/hcp, vacancies and short unrattled
 EOS scans, lattice constants Vegard-interpolated between Cu 3.61 and Au 4.08 A. The kinds
 are interleaved, so ``--n-structures N`` keeps a prefix of the list (labels stay valid).
-E0s of both isolated atoms (LDA); 200 epochs by default. No PBE Cu-Au reference set exists,
-so ``evaluate`` scores the held-out LDA split only. Everything, the models included, stays
+E0s of both isolated atoms (LDA). The validation split is every 10th cell of each kind.
+No PBE Cu-Au reference set exists, so ``evaluate`` scores the held-out LDA split only. Everything, the models included, stays
 in ``<workdir>`` (default ``build/demo_foundation_cuau``, models under ``models/``): the
 repository is not the place for them.
 
@@ -91,7 +91,6 @@ class System:
     protos: dict        # name -> (lattice, repeat, symbols: element | site list | None = random)
     plan: tuple         # (prototype, count, "" | "vac" | "eos")
     interleave: bool    # kinds round-robin (a prefix of the list covers them all)
-    epochs: int
     in_package: bool    # models go to pyacemaker_hpc/data (Cu) or <workdir>/models
     pbe_set: Optional[Path]
     what: str
@@ -117,7 +116,7 @@ SYSTEMS = {
         ("fcc1", 20, ""), ("fcc2", 20, ""), ("fcc4", 60, ""), ("fcc4", 15, "vac"), ("fcc8", 16, ""),
         ("fcc8", 12, "vac"), ("bcc1", 12, ""), ("bcc2", 18, ""), ("bcc8", 10, "vac"),
         ("hcp2", 18, ""), ("hcp4", 18, ""), ("hcp8", 10, "vac"), ("fcc4", 17, "eos")),
-        False, 300, True, ROOT.parent / "shared" / "data" / "dft" / "Cu_gpaw_pbe_4atom.xyz",
+        False, True, ROOT.parent / "shared" / "data" / "dft" / "Cu_gpaw_pbe_4atom.xyz",
         "stand-in foundation MACE committee for the Cu quickstart (NOT MACE-MP-0)"),
     "CuAu": System("cuau", ("Cu", "Au"), _CUAU, (
         ("Cu-fcc1", 8, ""), ("Au-fcc1", 8, ""), ("Cu-fcc4", 10, ""), ("Au-fcc4", 10, ""),
@@ -126,7 +125,7 @@ SYSTEMS = {
         ("L12-Cu3Au", 6, "vac"), ("Cu-fcc8", 5, "vac"), ("Au-fcc8", 5, "vac"),
         ("bcc4-rand", 6, ""), ("hcp4-rand", 6, ""), ("Cu-fcc4", 7, "eos"), ("Au-fcc4", 7, "eos"),
         ("L12-Cu3Au", 5, "eos"), ("L10-CuAu", 5, "eos")),
-        True, 200, False, None,
+        True, False, None,
         "stand-in foundation MACE committee for the Cu-Au benchmarks (NOT MACE-MP-0)"),
 }
 
@@ -294,14 +293,18 @@ def stage_label(workdir: Path, system: System, n_max: Optional[int]) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def split(workdir: Path):
+def split(workdir: Path, system: System):
+    """Fixed ~10 % validation split: every 10th structure, counted per kind when the kinds
+    are interleaved (a global count would hold out the same few kinds every cycle)."""
     from ase.io import read
+
+    def held_out(a) -> bool:
+        k = int(a.info["provenance"].rsplit(":", 1)[1]) if system.interleave else a.info["build_index"]
+        return k % 10 == 3
 
     frames = read(workdir / "lda_labels.extxyz", index=":")
     frames.sort(key=lambda a: a.info["build_index"])
-    valid = [a for a in frames if a.info["build_index"] % 10 == 3]
-    train = [a for a in frames if a.info["build_index"] % 10 != 3]
-    return train, valid
+    return [a for a in frames if not held_out(a)], [a for a in frames if held_out(a)]
 
 
 def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, tag: str) -> dict:
@@ -362,7 +365,7 @@ def out_dir(workdir: Path, system: System) -> Path:
 
 
 def stage_train(workdir: Path, system: System, epochs: int) -> None:
-    train, valid = split(workdir)
+    train, valid = split(workdir, system)
     e0 = e0s(workdir, system)
     log(f"train: {len(train)} train, {len(valid)} valid structures, E0 = "
         + ", ".join(f"{el} {v:.4f}" for el, v in e0.items()) + " eV")
@@ -409,7 +412,7 @@ def rmse_block(pred, ref_e, ref_f, ref_s, nat, shift_energy: bool):
 def stage_evaluate(workdir: Path, system: System) -> dict:
     from ase.io import read
 
-    train, valid = split(workdir)
+    train, valid = split(workdir, system)
     pbe = read(system.pbe_set, index=":") if system.pbe_set and system.pbe_set.is_file() else []
     if not pbe:
         log(f"evaluate: no GPAW PBE reference set for {system.tag} "
@@ -454,7 +457,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", help="default build/demo_foundation (Cu), "
                                       "build/demo_foundation_cuau (CuAu)")
     ap.add_argument("--stage", choices=["all", "label", "train", "evaluate"], default="all")
-    ap.add_argument("--epochs", type=int, help="default 300 (Cu), 200 (CuAu)")
+    ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--n-structures", type=int, help="label only the first N of the list")
     args = ap.parse_args(argv)
     system = SYSTEMS[args.system]
@@ -465,7 +468,7 @@ def main(argv=None) -> None:
     if args.stage in ("all", "label"):
         stage_label(wd, system, args.n_structures)
     if args.stage in ("all", "train"):
-        stage_train(wd, system, args.epochs or system.epochs)
+        stage_train(wd, system, args.epochs)
     if args.stage in ("all", "evaluate"):
         stage_evaluate(wd, system)
     log(f"finished stage {args.stage} in {time.time() - t0:.0f} s")

@@ -283,3 +283,38 @@ def test_pick_device():
     assert pick_device("cpu") == "cpu"
     assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert ms.is_mace_foundation_name("MACE-MP-0") and ms.is_mace_foundation_name("medium-mpa-0")
+
+
+def test_kfold_validates_every_structure_once():
+    from pyacemaker_hpc.trainer.finetune_selection import kfold
+
+    folds = kfold(10, 3, seed=4)
+    assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(10))
+    assert kfold(2, 3, seed=0)[0].size == 1  # never more folds than structures
+
+
+def test_finetune_loss_chosen_by_cross_validation(tiny_mace_model, tmp_path):
+    from pyacemaker_hpc.trainer.finetune_selection import score, select_finetune_loss
+
+    data = label_with(perturbed_bulk("Cu", n=6, seed=31, strain=0.08))
+    seen_valid = []
+
+    def fit(overrides, train, valid, wd):
+        seen_valid.append({a.info.get("uid", id(a)) for a in valid.structures})
+        assert len(train) + len(valid) == 6
+        cfg = FinetuneCfg(method="naive", e0s="foundation", batch_size=2, **overrides)
+        return MaceFinetuner(str(tiny_mace_model), 2, cfg).fit(train, wd, name="cv", valid=valid)
+
+    cands = [{"energy_weight": 1.0}, {"energy_weight": 1000.0, "lr": 0.001}]
+    chosen, table = select_finetune_loss(fit, data, cands, str(tmp_path), folds=2, seed=0)
+    assert len(table) == 2 and all(r["folds"] == 2 for r in table) and len(seen_valid) == 4
+    assert all(np.isfinite(r["cv_energy_meV_atom"]) and np.isfinite(r["cv_forces_meV_A"]) for r in table)
+    best = min(range(2), key=lambda i: table[i]["score"])
+    assert chosen == cands[best] and table[best].get("chosen") and not table[1 - best].get("chosen")
+    assert min(score(table)) >= 2.0 - 1e-12  # each error divided by the best candidate's
+
+
+def test_select_by_validation_keys_are_checked():
+    with pytest.raises(ValueError, match="energy_weight"):
+        FinetuneCfg(select_by_validation=[{"energy_wieght": 10.0}])
+    assert FinetuneCfg(select_by_validation=[{"energy_weight": 10.0}, {"lr": 0.001}]).cv_folds == 3

@@ -79,8 +79,10 @@ class LabelledSet:
 
     def usable(self) -> "LabelledSet":
         """Only the items whose label is DONE and finite: what training may see."""
-        keep = [i for i, lab in enumerate(self.labels) if lab.ok]
-        return LabelledSet([self.structures[i] for i in keep], [self.labels[i] for i in keep])
+        return self.subset([i for i, lab in enumerate(self.labels) if lab.ok])
+
+    def subset(self, indices) -> "LabelledSet":
+        return LabelledSet([self.structures[i] for i in indices], [self.labels[i] for i in indices])
 
     def __add__(self, other: "LabelledSet") -> "LabelledSet":
         return LabelledSet(self.structures + other.structures, self.labels + other.labels)

@@ -6,13 +6,35 @@ from __future__ import annotations
 import logging
 
 from .context import Step, StepContext, digest
-from .tasks import finetune_task
+from .tasks import finetune_selection_task, finetune_task
 
 log = logging.getLogger("pyacemaker_hpc")
 
 
 def finetuned_names(ctx: StepContext) -> list[str]:
     return [f"mace_ft_{k}" for k in range(ctx.cfg.mace.committee_size)]
+
+
+def choose_loss(ctx: StepContext, base: str, train) -> dict:
+    """The fine-tuning loss overrides chosen by K-fold validation on the DFT labels
+    (``mace.finetune.select_by_validation``), recorded in /metrics/finetune_selection;
+    an interrupted step keeps the choice it made."""
+    cfg, camp = ctx.cfg, ctx.camp
+    cands = cfg.mace.finetune.select_by_validation
+    if not cands:
+        return {}
+    done = camp.read_json("metrics/finetune_selection") if ctx.resuming else None
+    if done and done.get("candidates") == cands:
+        return done["chosen"]
+    if len(train.usable()) < cfg.mace.finetune.cv_folds:
+        log.warning("[step3] %d DFT labels: too few to cross-validate %d folds; using mace.finetune as set",
+                    len(train.usable()), cfg.mace.finetune.cv_folds)
+        return {}
+    chosen, table = ctx.farm.run_one("train", finetune_selection_task, cfg, base, train,
+                                     str(ctx.workdir / "finetune" / "selection"))
+    camp.write_json("metrics/finetune_selection", {"candidates": cands, "chosen": chosen, "table": table})
+    log.info("[step3] fine-tuning loss chosen by %d-fold validation: %s", table[0]["folds"], chosen)
+    return chosen
 
 
 class Finetune(Step):
@@ -30,13 +52,15 @@ class Finetune(Step):
         cfg, camp = ctx.cfg, ctx.camp
         train = camp.labelled_set("dft", "dft")
         base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
+        overrides = choose_loss(ctx, base, train)
         shas = []
         for k, name in enumerate(finetuned_names(ctx)):
             if ctx.resuming and camp.has_model(name):
                 log.info("[step3] %s kept from the interrupted run", name)
             else:
                 model = ctx.farm.run_one("train", finetune_task, cfg, base, train,
-                                         str(ctx.workdir / "finetune" / name), cfg.mace.finetune.seed + k, name)
+                                         str(ctx.workdir / "finetune" / name), cfg.mace.finetune.seed + k, name,
+                                         None, overrides)
                 camp.store_model(model)
                 log.info("[step3] %s: %s", name, model.metrics)
             shas.append(camp.load_model(name).sha256(".model"))
