@@ -219,6 +219,10 @@ class MaceCfg(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     default_dtype: Literal["float32", "float64"] = "float64"
     batch_size: int = Field(32, gt=0)
+    #: how step 2 turns committee uncertainty into DFT jobs: "top" = the most uncertain
+    #: (1 - uncertainty_threshold) share of the step-1 selection; "stratified" = as many,
+    #: the most uncertain of each descriptor-space cluster (steps/s2_active_learning.py)
+    dft_pick: Literal["top", "stratified"] = "top"
     finetune: FinetuneCfg = FinetuneCfg()
     md: MdCfg = MdCfg()
 

@@ -352,3 +352,20 @@ def test_make_selector_maps_objectives():
     assert isinstance(make_selector("random", cfg), RandomSelector)
     with pytest.raises(ValueError):
         make_selector("kmeans", cfg)
+
+
+def test_stratified_dft_pick_spreads_over_descriptor_space():
+    """Step 2's ``mace.dft_pick: stratified``: same count as the top quantile, but every
+    region of the selection gets a DFT anchor; the most uncertain structure stays first."""
+    from pyacemaker_hpc.core.models import Uncertainty
+    from pyacemaker_hpc.steps.s2_active_learning import pick_stratified, pick_uncertain
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.1, (30, 5)), rng.normal(5, 0.1, (30, 5))])  # two regions
+    force_std = np.concatenate([rng.uniform(1, 2, 30), rng.uniform(0, 0.5, 30)])  # A uncertain
+    unc = Uncertainty(np.zeros(60), force_std)
+    top, strat = pick_uncertain(unc, 0.9), pick_stratified(unc, 0.9, X, seed=0)
+    assert len(strat) == len(top) == 6 and len(set(strat.tolist())) == 6
+    assert all(i < 30 for i in top) and any(i >= 30 for i in strat) and any(i < 30 for i in strat)
+    assert strat[0] == top[0] == int(np.argmax(force_std))
+    assert np.array_equal(pick_stratified(unc, 0.9, X, seed=0), strat)  # deterministic
