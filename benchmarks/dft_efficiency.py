@@ -281,28 +281,44 @@ def headline(rows: list[dict], tag: str) -> dict:
     return out
 
 
-def plot(rows: list[dict], png: Path) -> None:
+def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = ()) -> None:
+    """Mean over seeds with min-max bars: distilled final ACE and its teacher, DFT-only,
+    plain-loop and random-DFT ACE; variants only when named in ``tags``. Points far above
+    the rest (diverged fits) are drawn at the top edge and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    keep = {("distill", "final ACE"), ("distill", "fine-tuned MACE"), ("dft-only", "DFT-only ACE"),
+            ("plain", "plain-loop ACE"), ("random", "random-DFT ACE")}
+    keep |= {(f"distill-{t}", "final ACE") for t in tags}
     series: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        series.setdefault((r["method"], r["model"]), []).append(r)
+        if (r["method"], r["model"]) in keep:
+            series.setdefault((r["method"], r["model"]), []).append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     colors = iter(plt.get_cmap("tab10").colors * 3)
+    keys = ("F_rmse", "E_rmse", "E_rmse_shifted")
+    sane = [r[k] for k in keys for (m, _), rs in series.items() if m != "random" for r in rs]
+    top = 3 * max(sane) if sane else None
     for (meth, model), rs in sorted(series.items()):
-        # untagged runs: every model but the base ACE and the foundation; variants
-        # (--tag): their final ACE only (their DFT-only ACE is the untagged one again)
-        if model in ("base ACE", "foundation MACE") or (meth not in ("distill", "dft-only", "plain", "random") and model != "final ACE"):
-            continue
         color = next(colors)
         ns = sorted({r["N"] for r in rs})
-        style = "--" if "MACE" in model else "-"
-        for ax, key in zip(axes, ("F_rmse", "E_rmse", "E_rmse_shifted")):
-            ys = [np.mean([r[key] for r in rs if r["N"] == n]) for n in ns]
-            ax.plot(ns, ys, style, marker="o", color=color, label=f"{meth}: {model}")
+        for ax, key in zip(axes, keys):
+            vals = [[r[key] for r in rs if r["N"] == n] for n in ns]
+            mean = np.array([np.mean(v) for v in vals])
+            shown = np.minimum(mean, top) if top else mean
+            lo = shown - np.minimum([min(v) for v in vals], shown)
+            hi = np.maximum([max(v) for v in vals], shown) - shown
+            hi = np.where(mean > shown, 0, hi)
+            seeds = len({r["seed"] for r in rs})
+            ax.errorbar(ns, shown, yerr=[lo, hi], fmt="--o" if "MACE" in model else "-o", color=color,
+                        capsize=3, label=f"{meth}: {model} ({seeds} seed{'s' * (seeds > 1)})")
+            for n, m, sh in zip(ns, mean, shown):
+                if m > sh:
+                    ax.annotate(f"{m:.0f} (diverged)", (n, sh), fontsize=7, color=color,
+                                textcoords="offset points", xytext=(4, -10))
     for ax, t in zip(axes, ("force RMSE (meV/A)", "energy RMSE (meV/atom)",
                             "energy RMSE, mean offset removed (meV/atom)")):
         ax.set_xlabel("DFT calls for training")
@@ -311,7 +327,7 @@ def plot(rows: list[dict], png: Path) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
-    fig.suptitle("held-out GPAW PBE set: error vs DFT calls")
+    fig.suptitle("held-out GPAW PBE set: error vs DFT calls (mean over seeds, bars: min-max)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
@@ -322,6 +338,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-dft", type=int, nargs="+", default=[10, 20, 40])
     ap.add_argument("--seeds", type=int, nargs="+", default=[7])
     ap.add_argument("--methods", nargs="+", default=["distill"], choices=["distill", "plain", "random"])
+    ap.add_argument("--plot-tags", nargs="*", default=[], help="variants (tags) to draw besides the defaults")
     ap.add_argument("--name", default="", help="study name: its own runs, held-out set and outputs")
     ap.add_argument("--n-holdout", type=int, default=30)
     ap.add_argument("--holdout-seed", type=int, default=20260101)
@@ -397,7 +414,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"holdout": str(holdout), "rows": rows, "step_seconds": seconds,
                                "headline": heads, "command": " ".join(sys.argv)}, indent=1))
     if rows:
-        plot(rows, out.with_suffix(".png"))
+        plot(rows, out.with_suffix(".png"), tuple(args.plot_tags))
         print(f"\nwrote {out} and {out.with_suffix('.png')}")
     return 0
 

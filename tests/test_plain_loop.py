@@ -282,3 +282,20 @@ def test_changed_threshold_restarts_the_loop_without_new_dft(clean_run, tmp_path
         assert json.loads(f["metrics/evaluation"][()])["n_dft_training"] == AL["initial_dft"]
     assert len(hist) == 1 and hist[0]["n_above_threshold"] == 0 and hist[0]["stop"]
     assert hist[0]["stop_reason"] == "no candidate above gamma_threshold"
+
+
+def test_without_active_set_the_loop_picks_by_descriptor_distance():
+    """Too few atoms for pace_activeset (fewer environments than basis functions): the next
+    DFT batch is the candidates farthest from the training set in descriptor space."""
+    from ase.build import bulk
+
+    from pyacemaker_hpc.steps.plain_loop import distance_to_training
+
+    pool = []
+    for k in range(6):
+        a = bulk("Cu", "fcc", a=3.6)
+        a.info["uid"] = f"u{k}"
+        pool.append(a)
+    X = np.array([[0.0, 0.0], [0.1, 0.0], [1.0, 1.0], [5.0, 5.0], [0.0, 0.1], [2.0, 2.0]])
+    d = distance_to_training(pool, X, [pool[2], pool[3], pool[5]], {"u0", "u1", "u4"})
+    assert np.argmax(d) == 1 and d[1] > d[2] > d[0] > 0

@@ -44,6 +44,18 @@ def forget_earlier_loop(ctx: StepContext) -> None:
             del f["metrics/plain_dft_loop"]
 
 
+def distance_to_training(pool: list, X: np.ndarray, cand: list, used: set) -> np.ndarray:
+    """Standardised descriptor distance of each candidate to its nearest training structure
+    (the pool's own descriptors): the farthest are the least covered."""
+    Z = (X - X.mean(0)) / (X.std(0) + 1e-12)
+    row = {a.info["uid"]: i for i, a in enumerate(pool)}
+    train = Z[[row[u] for u in used if u in row]]
+    C = Z[[row[a.info["uid"]] for a in cand]]
+    if len(train) == 0:
+        return np.ones(len(C))
+    return np.min(np.linalg.norm(C[:, None, :] - train[None, :, :], axis=2), axis=1)
+
+
 class PlainDftLoop(Step):
     name = "plain_dft_loop"
 
@@ -84,20 +96,26 @@ class PlainDftLoop(Step):
             rest = [a for a in pool if a.info["uid"] not in used]
             pick = np.random.default_rng([cfg.seed, k]).permutation(len(rest))[:al.n_candidates_per_iteration]
             cand = [rest[i] for i in sorted(pick)]
-            gamma = extrapolation_grades(model, cand, str(ctx.workdir / "gamma" / f"iter{k}")) \
-                if cand else np.zeros(0)
-            above = np.where(gamma > al.gamma_threshold)[0]
+            if ".asi" in model.files or not cand:
+                gamma = extrapolation_grades(model, cand, str(ctx.workdir / "gamma" / f"iter{k}")) \
+                    if cand else np.zeros(0)
+                above, score, how = np.where(gamma > al.gamma_threshold)[0], gamma, "gamma"
+            else:  # too few atomic environments for pace_activeset's MaxVol (fewer than functions)
+                score = distance_to_training(pool, camp.read_array("descriptors/pool"), cand, used)
+                gamma, above, how = np.zeros(0), np.arange(len(cand)), "descriptor distance (no active set)"
+                log.warning("[plain loop] iteration %d: no active set (fewer atoms than basis functions): "
+                            "next DFT by descriptor distance from the training set instead of gamma", k)
             room = al.dft_budget - n_dft
             reason = ("no candidate above gamma_threshold" if len(above) == 0 else
                       "dft_budget spent" if room <= 0 else
                       "max_iterations reached" if k + 1 >= al.max_iterations else "")
             record = {"iteration": k, "n_dft_calls": n_dft, "n_train": len(train), "n_candidates": len(cand),
                       "max_gamma": float(gamma.max()) if len(gamma) else 0.0,
-                      "n_above_threshold": int(len(above)), "fit": model.metrics,
+                      "n_above_threshold": int(len(above)), "selection": how, "fit": model.metrics,
                       "stop": bool(reason), "stop_reason": reason}
             with camp.transaction():  # the next iteration's set and this record commit together
                 if not reason:
-                    order = above[np.argsort(-gamma[above], kind="stable")][: min(al.batch_size, room)]
+                    order = above[np.argsort(-score[above], kind="stable")][: min(al.batch_size, room)]
                     camp.write_structures(f"al_iter{k + 1}", [cand[i] for i in order])
                 history.append(record)
                 camp.write_json("metrics/plain_dft_loop", history)
