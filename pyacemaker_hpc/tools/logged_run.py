@@ -37,7 +37,9 @@ def run_with_progress(cmd: list[str], cwd: Path, env: dict, out_path: Path, time
     killing the process) when ``timeout`` passes."""
     t0 = last = time.time()
     with open(out_path, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        # unbuffered: a Python tool writing to a file otherwise holds its progress in a buffer
+        proc = subprocess.Popen(cmd, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"), stdout=fh,
+                                stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
