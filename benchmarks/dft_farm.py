@@ -115,19 +115,25 @@ def worker_mode(a) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def run_worker_mode(cmd: list[str], workers: int, env: dict, timeout: float) -> dict:
+    """Run a benchmark's own ``--worker-mode`` command serially (workers = 0) or under
+    ``mpirun -n workers+1``; return the JSON its rank 0 printed after ``RESULT `` and the
+    launch time. Shared by the farm and scaling benchmarks."""
+    if workers:
+        cmd = [str(MPIRUN), "-n", str(workers + 1), *cmd]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    res = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    return dict(res, launch_s=time.perf_counter() - t0)
+
+
 def launch(workers: int, a) -> dict:
     cmd = [sys.executable, __file__, "--worker-mode", "--jobs", str(a.jobs), "--seed", str(a.seed),
            "--n-overhead", str(a.n_overhead), "--pad-mb", str(a.pad_mb),
            "--estimate-noise", str(a.estimate_noise)]
-    if workers:
-        cmd = [str(MPIRUN), "-n", str(workers + 1), *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if p.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    res = json.loads(next(l for l in p.stdout.splitlines() if l.startswith("RESULT "))[7:])
-    return dict(res, launch_s=time.perf_counter() - t0)
+    return run_worker_mode(cmd, workers, dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)), 900)
 
 
 def main() -> None:

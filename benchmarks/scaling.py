@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from direct_sampling import build_pool, load  # noqa: E402
+from dft_farm import run_worker_mode  # noqa: E402  (mpirun relaunch + RESULT parsing)
 from uncertainty import save  # noqa: E402  (results JSON at args.out)
 
 from pyacemaker_hpc.campaign import Campaign, cache_label, cached_labels  # noqa: E402
@@ -186,16 +186,9 @@ def launch(workers: int, a) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-mode", "--kinds", *a.kinds, "--dft", a.dft,
            "--n-descriptor", str(a.n_descriptor), "--n-label", str(a.n_label), "--n-dft", str(a.n_dft)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    if workers:
-        cmd = [str(MPIRUN), "-n", str(workers + 1), *cmd]
-    else:
+    if not workers:
         env["PYACEMAKER_NO_MPI"] = "1"
-    t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if p.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
-    res = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))[7:])
-    return dict(res, launch_s=time.perf_counter() - t)
+    return run_worker_mode(cmd, workers, env, 1800)
 
 
 def part_farm(a, res) -> None:
