@@ -368,6 +368,16 @@ def report(res: dict) -> None:
         print_io(res["io"])
 
 
+def finish(args, res: dict, t0: float, report_fn) -> dict:
+    """End of a benchmark run (speed.py uses it too): wall time and load average into the
+    results, JSON to ``args.out``, the tables printed."""
+    res.update(wall_s=round(time.time() - t0, 1), load_at_end=load())
+    save(args, res)
+    report_fn(res)
+    print(f"\n{res['load_at_end']}; wall {res['wall_s']} s; wrote {args.out}")
+    return res
+
+
 def main(argv=None):
     a = parse(argv)
     if a.worker_mode:
@@ -381,11 +391,7 @@ def main(argv=None):
         save(a, res)
     if "farm" in a.parts:
         part_farm(a, res)
-    res.update(wall_s=round(time.time() - t0, 1), load_at_end=load())
-    save(a, res)
-    report(res)
-    print(f"\n{res['load_at_end']}; wall {res['wall_s']} s; wrote {a.out}")
-    return res
+    return finish(a, res, t0, report)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import uncertainty as uncertainty_bench  # noqa: E402  (benchmarks/uncertainty.py)
 from uncertainty import save  # noqa: E402  (results JSON at args.out)
 from direct_sampling import load  # noqa: E402  (load average beside every timing)
+from scaling import finish  # noqa: E402  (wall time, JSON, tables at the end of a run)
 
 from pyacemaker_hpc.campaign import Campaign  # noqa: E402
 from pyacemaker_hpc.report import STEP_ORDER  # noqa: E402
@@ -337,12 +338,7 @@ def main(argv=None):
         part_md(args, res)
     if "label" in args.parts:
         part_label(args, res)
-    res["wall_s"] = round(time.time() - t0, 1)
-    res["load_at_end"] = load()
-    save(args, res)
-    report(res)
-    print(f"\n{res['load_at_end']}; wall {res['wall_s']} s; wrote {args.out}")
-    return res
+    return finish(args, res, t0, report)
 
 
 if __name__ == "__main__":
