@@ -311,6 +311,7 @@ def part_throughput(args, res):
         if n <= 0:
             continue
         structs = cells(n, rep, seed=n_at)
+        ref64 = None  # float64 calculator labels: what float32 labels are compared with
         for dtype in args.dtypes:
             comm = MaceCommittee([MODELS[0]], default_dtype=dtype, batch_size=max(args.batch_sizes))
             calc = comm.calculator()
@@ -327,6 +328,12 @@ def part_throughput(args, res):
             t_calc = time.perf_counter() - t
             row_base = {"atoms": n_at, "n": n, "dtype": dtype,
                         "calculator_structs_per_s": round(n / t_calc, 1)}
+            if dtype == "float64":
+                ref64 = ref
+            elif ref64 is not None:  # precision cost of float32 labels (step 5's default)
+                row_base["vs_float64_max_dE_meV_atom"] = 1e3 * max(abs(r[0] - q[0]) / n_at for r, q in zip(ref, ref64))
+                row_base["vs_float64_max_dF_meV_A"] = 1e3 * max(float(np.abs(r[1] - q[1]).max())
+                                                               for r, q in zip(ref, ref64))
             cap = comm.max_batch_atoms
             for bs, mba in [(b, m) for b in args.batch_sizes
                             for m in ((cap, 0) if cap and b * n_at > cap else (cap,))]:
@@ -414,6 +421,17 @@ def report(res):
                   f"{(str(cap) if cap else 'none'):>8s}"
                   f"{r['calculator_structs_per_s']:12.1f}{r['label_batch_structs_per_s']:13.1f}"
                   f"{r['ratio']:7.2f}{r['max_abs_dF_eV_A']:10.1e}")
+        for r in t["rows"]:
+            if "vs_float64_max_dE_meV_atom" in r:
+                print(f"  {r['atoms']}-atom float32 labels vs float64: max |dE| "
+                      f"{r['vs_float64_max_dE_meV_atom']:.1e} meV/atom, max |dF| {r['vs_float64_max_dF_meV_A']:.1e} meV/A")
+                break
+        calc64 = {r["atoms"]: r["calculator_structs_per_s"] for r in t["rows"] if r["dtype"] == "float64"}
+        for r in t["rows"]:  # step 5 as configured: float32, batch 32, 128-atom cap on CPU
+            if r["dtype"] == "float32" and r["batch_size"] == 32 and r.get("max_batch_atoms") == 128 \
+                    and r["atoms"] in calc64:
+                print(f"  step 5 default (float32, batch 32) vs a float64 MACECalculator loop, "
+                      f"{r['atoms']}-atom cells: {r['label_batch_structs_per_s'] / calc64[r['atoms']]:.1f}x")
         for p in t.get("profile", []):
             print(f"  profile {p['atoms']} at {p['dtype']} bs={p['batch_size']} cap={p.get('max_batch_atoms')}: {p['ms_per_structure']} "
                   f"ms/struct; graphs {p['graphs_s']} s, collate {p['collate_s']} s, model "

@@ -217,14 +217,19 @@ class MaceCfg(_Strict):
     committee: list[str] = []  # extra committee members (names/paths) besides base_model
     committee_size: int = Field(1, gt=0)  # fine-tuned members (different seeds)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    default_dtype: Literal["float32", "float64"] = "float64"
+    default_dtype: Literal["float32", "float64"] = "float64"  # training, descriptors, step 2, evaluation
+    #: dtype of the surrogate's bulk work: MD (step 4) and labelling (step 5). float32 as
+    #: mace recommends for MD: labels differ from float64 by ~1e-6 eV/atom (far below any
+    #: model's error) and label 1.5-2x faster on CPU (benchmarks/uncertainty.py)
+    inference_dtype: Literal["float32", "float64"] = "float32"
     batch_size: int = Field(32, gt=0)
     #: how step 2 turns committee uncertainty into DFT jobs: "top" = the most uncertain
     #: (1 - uncertainty_threshold) share of the step-1 selection; "stratified" = as many,
     #: the most uncertain of each descriptor-space cluster (steps/s2_active_learning.py).
     #: Measured (Cu, 10 DFT calls, 2 seeds): final ACE 3.0/6.9 meV/atom, 7.9/12.5 meV/A
-    #: stratified against 3.7/25.3 meV/atom, 8.1/17.5 meV/A top (README)
-    dft_pick: Literal["top", "stratified"] = "stratified"
+    #: stratified against 3.7/25.3 meV/atom, 8.1/17.5 meV/A top (README); "random" = as
+    #: many uniform random picks (the control of the uncertainty benchmark)
+    dft_pick: Literal["top", "stratified", "random"] = "stratified"
     finetune: FinetuneCfg = FinetuneCfg()
     md: MdCfg = MdCfg()
 
@@ -238,6 +243,13 @@ class PacemakerCfg(_Strict):
     kappa: float = Field(0.3, ge=0, le=1)
     evaluator: Literal["tensorpot", "pyace"] = "tensorpot"
     delta_mode: Literal["weighted_refit", "residual"] = "weighted_refit"
+    #: weighted_refit: weight of a DFT structure's forces (default: step 7's weight_dft, the
+    #: weight of its energy). Lower keeps the many surrogate force labels in charge of forces
+    #: while the DFT energies set the level
+    weight_dft_forces: Optional[float] = Field(None, gt=0)
+    #: residual: functions per element of the correction ACE (default: the preset's); with
+    #: 10-40 DFT residuals a correction as large as the base over-fits them
+    correction_functions: Optional[int] = Field(None, gt=0)
     reference_energy: Literal["auto", "zero"] = "auto"
     extra_input: dict[str, Any] = {}
 

@@ -109,6 +109,14 @@ def test_reference_energies_and_dataframe_weights():
     assert np.allclose(np.concatenate(df2["w_forces"].tolist()), per_atom)
     with pytest.raises(ValueError):
         to_dataframe(ls2, true, np.array([1.0, -1.0, 1.0]))
+    # separate force weights: energies as w, forces as fw copies
+    fw = np.array([1.0, 1.0, 5.0])
+    df3 = to_dataframe(ls2, true, w, fw)
+    assert np.allclose(df3["w_energy"], df["w_energy"])
+    assert np.allclose(df3["w_forces"][2], 5.0 / (1 * 4 + 1 * 8 + 5 * 4))
+    assert np.concatenate(df3["w_forces"].tolist()).sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="force_weights"):
+        to_dataframe(ls2, true, w, np.array([1.0, 1.0]))
 
 
 def test_fit_produces_potential_files_and_metrics(base, surrogate):

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -63,6 +64,9 @@ def test_full_pipeline_serial(serial_run):
     assert set(ev["models"]) == {"foundation MACE", "fine-tuned MACE", "base ACE (step 6)", "final ACE",
                                  "ACE on DFT labels only"}
     assert all(m["n"] == 5 for m in ev["models"].values())
+    drift = ev["drift_from_foundation"]  # fine-tuning moved the teacher, by a finite amount
+    assert drift["n"] == 6 and drift["method"] == "naive"
+    assert 0 < drift["force_rmse_meV_A"] < 1e4 and np.isfinite(drift["energy_rmse_shifted_meV_atom"])
     out = tmp / "results"
     for name in ("potential.yaml", "potential.yace", "potential.asi", "mace_finetuned.model",
                  "dft_dft.xyz", "surrogate_mace.xyz", "holdout_dft.xyz", "in.lammps", "metrics.json"):

@@ -369,3 +369,8 @@ def test_stratified_dft_pick_spreads_over_descriptor_space():
     assert all(i < 30 for i in top) and any(i >= 30 for i in strat) and any(i < 30 for i in strat)
     assert strat[0] == top[0] == int(np.argmax(force_std))
     assert np.array_equal(pick_stratified(unc, 0.9, X, seed=0), strat)  # deterministic
+    from pyacemaker_hpc.steps.s2_active_learning import pick_random
+
+    rnd = pick_random(unc, 0.9, seed=0)  # the control: same count, committee ignored
+    assert len(rnd) == 6 and len(set(rnd.tolist())) == 6 and np.array_equal(rnd, pick_random(unc, 0.9, 0))
+    assert not np.array_equal(rnd, pick_random(unc, 0.9, 1))

@@ -10,6 +10,12 @@ of its first member on these structures (the reason to trust the uncertainty tha
 DFT calls: per-structure arrays in ``/metrics/holdout_uncertainty/``, Spearman rho in
 ``/metrics/evaluation`` under ``uncertainty``), and in the plain loop every iteration's ACE
 on the same held-out set (``learning_curve``: error against DFT labels spent).
+
+And how far fine-tuning moved the teacher away from the foundation where no DFT label
+reached (``drift_from_foundation``): fine-tuned minus foundation MACE on
+:func:`off_distribution_structures`. Part of it is intended (the foundation's systematic
+error against the user's DFT), the rest is forgetting; multihead replay exists to keep the
+rest small, and this number is how a user sees whether it did.
 """
 from __future__ import annotations
 
@@ -96,6 +102,36 @@ def uncertainty_vs_error(ctx: StepContext, ho: LabelledSet, first_member: list[L
     err = per_structure_errors(ho, first_member)
     store_uncertainty(ctx.camp, unc, err)
     return uncertainty_summary(unc, err, len(models))
+
+
+def off_distribution_structures(cfg, seed: int) -> list:
+    """Cells the campaign's sampling never makes: every seed structure as a 2x2x2 supercell
+    compressed/expanded by 8 and 12 % in volume beyond the generator's strains, strongly
+    rattled (0.25 A), and with a vacancy."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for proto in seed_structures(cfg):
+        big = proto.repeat((2, 2, 2))
+        for vol in (0.88, 0.92, 1.08, 1.12):
+            a = big.copy()
+            a.set_cell(a.cell * vol ** (1 / 3), scale_atoms=True)
+            out.append(a)
+        a = big.copy()
+        a.positions += rng.normal(0.0, 0.25, a.positions.shape)
+        out.append(a)
+        a = big.copy()
+        del a[int(rng.integers(len(a)))]
+        out.append(a)
+    return out
+
+
+def drift_from_foundation(ctx: StepContext, foundation: str, finetuned: str) -> dict:
+    """Fine-tuned minus foundation MACE on off-distribution cells: energy (raw and offset
+    removed, meV/atom) and force (meV/A) RMS differences, with the fine-tuning method."""
+    cells = off_distribution_structures(ctx.cfg, ctx.cfg.seed + 104729)
+    ref = LabelledSet(cells, mace_predictions(ctx, foundation, cells))
+    return {**errors(ref, mace_predictions(ctx, finetuned, cells)),
+            "method": ctx.cfg.mace.finetune.method}
 
 
 def store_uncertainty(camp, unc: Uncertainty, err: dict[str, np.ndarray]) -> None:
@@ -207,8 +243,9 @@ class Evaluate(Step):
             foundation = mace_predictions(ctx, base, ho.structures)
             record("foundation", "foundation MACE", foundation, n_dft=0)
             summary["uncertainty"] = uncertainty_vs_error(ctx, ho, foundation)
-            record("mace_ft_0", "fine-tuned MACE",
-                   mace_predictions(ctx, ctx.model_path("mace_ft_0", ".model"), ho.structures))
+            teacher = ctx.model_path("mace_ft_0", ".model")
+            record("mace_ft_0", "fine-tuned MACE", mace_predictions(ctx, teacher, ho.structures))
+            summary["drift_from_foundation"] = drift_from_foundation(ctx, base, teacher)
             record("ace_base", "base ACE (step 6)", ace_predictions(ctx, "ace_base", ho.structures))
         else:
             summary["learning_curve"] = plain_loop_curve(ctx, ho)
@@ -231,6 +268,11 @@ def print_table(summary: dict) -> None:
         if m.get("n"):
             lines.append(f"{name:<26} {m['energy_rmse_meV_atom']:>16.1f} {m['energy_rmse_shifted_meV_atom']:>17.1f} "
                          f"{m['force_rmse_meV_A']:>13.1f}")
+    drift = summary.get("drift_from_foundation") or {}
+    if drift.get("n"):
+        lines.append(f"fine-tuned ({drift['method']}) minus foundation MACE on {drift['n']} off-distribution "
+                     f"cells: E {drift['energy_rmse_shifted_meV_atom']:.1f} meV/atom (offset removed), "
+                     f"F {drift['force_rmse_meV_A']:.1f} meV/A")
     rho = (summary.get("uncertainty") or {}).get("spearman_force_std_vs_max_force_error")
     if rho is not None:
         lines.append(f"committee force spread vs foundation's largest force error: Spearman rho {rho:.2f} "

@@ -14,6 +14,9 @@ DFT. The plain top quantile piles every call onto the most distorted cells (meas
 largest DFT force 6.1 vs 2.8 eV/A at random), leaving the region near equilibrium, where
 most of the held-out structures and MD frames lie, without one DFT energy to anchor the
 teacher; one pick per cluster anchors every region while still choosing by uncertainty.
+
+``mace.dft_pick: random`` is the control of the uncertainty benchmark: as many picks,
+drawn uniformly (seeded) from the step-1 selection, the committee ignored.
 """
 from __future__ import annotations
 
@@ -94,6 +97,12 @@ def pick_stratified(unc: Uncertainty, threshold: float, X: np.ndarray, seed: int
     return np.array(sorted(picks[:n], key=lambda i: rank[i]), dtype=int)
 
 
+def pick_random(unc: Uncertainty, threshold: float, seed: int) -> np.ndarray:
+    """As many picks as ``pick_uncertain``, uniformly at random (the benchmark's control)."""
+    n = len(pick_uncertain(unc, threshold))
+    return np.sort(np.random.default_rng(seed + 2).choice(len(unc.force_std), size=n, replace=False))
+
+
 class ActiveLearning(Step):
     name = "step2_active_learning"
 
@@ -116,6 +125,8 @@ class ActiveLearning(Step):
         if cfg.mace.dft_pick == "stratified":
             X = camp.read_array("descriptors/pool")[camp.read_array("descriptors/selected_index")]
             idx = pick_stratified(unc, threshold, X, cfg.seed, cfg.descriptors.pca_variance)
+        elif cfg.mace.dft_pick == "random":
+            idx = pick_random(unc, threshold, cfg.seed)
         else:
             idx = pick_uncertain(unc, threshold)
         log.info("[step2] committee force spread: median %.3f, max %.3f eV/A; %d structures to DFT",

@@ -25,7 +25,7 @@ class SurrogateSampling(Step):
     def inputs(self, ctx):
         cfg = ctx.cfg
         return {"step4": cfg.section_dict("distillation.step4_surrogate_sampling"),
-                "md": cfg.section_dict("mace.md"), "seed": cfg.seed,
+                "md": cfg.section_dict("mace.md"), "seed": cfg.seed, "dtype": cfg.mace.inference_dtype,
                 "descriptors": cfg.section_dict("descriptors"),
                 "objective": cfg.distillation.step1_direct_sampling.objective,
                 "upstream": [ctx.output_hash("step1_sampling"), ctx.output_hash("step3_finetune")]}
@@ -46,7 +46,7 @@ class SurrogateSampling(Step):
                 for _ in range(md.replicas_per_temperature):
                     start = starts[int(rng.integers(len(starts)))]
                     tasks.append((k, md_task, (teacher, start, T, eps, md, cfg.seed * 1000 + k,
-                                               pick_device(cfg.mace.device), cfg.mace.default_dtype, committee)))
+                                               pick_device(cfg.mace.device), cfg.mace.inference_dtype, committee)))
                     k += 1
         frames, discarded = [], Counter()
         results = {}

@@ -19,7 +19,7 @@ class SurrogateLabelling(Step):
 
     def inputs(self, ctx):
         return {"upstream": [ctx.output_hash("step3_finetune"), ctx.output_hash("step4_surrogate_sampling")],
-                "dtype": ctx.cfg.mace.default_dtype}
+                "dtype": ctx.cfg.mace.inference_dtype}
 
     def run(self, ctx):
         from ..oracle.mace_surrogate import pick_device
@@ -31,7 +31,7 @@ class SurrogateLabelling(Step):
         todo = [i for i, s in enumerate(status) if s == PENDING]
         chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
         teacher = (ctx.model_path(finetuned_names(ctx)[0], ".model"),)
-        args = (teacher, pick_device(cfg.mace.device), cfg.mace.default_dtype, cfg.mace.batch_size)
+        args = (teacher, pick_device(cfg.mace.device), cfg.mace.inference_dtype, cfg.mace.batch_size)
 
         def on_result(k, res):
             if isinstance(res, TaskFailed):

@@ -20,6 +20,8 @@ class DeltaLearning(Step):
         cfg = ctx.cfg
         return {"step7": cfg.section_dict("distillation.step7_pacemaker_finetune"),
                 "mode": cfg.pacemaker.delta_mode, "iters": cfg.pacemaker.delta_max_iterations,
+                "weight_dft_forces": cfg.pacemaker.weight_dft_forces,
+                "correction_functions": cfg.pacemaker.correction_functions,
                 "upstream": [ctx.output_hash("step6_base_ace"), ctx.output_hash("step2_active_learning")]}
 
     def run(self, ctx):

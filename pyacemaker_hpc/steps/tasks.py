@@ -116,4 +116,7 @@ def delta_task(cfg: Config, e0: dict, base, surrogate, dft, workdir: str):
     with serial_children():
         return delta_fit(pacemaker_trainer(cfg, e0), base, surrogate, dft,
                          mode=cfg.pacemaker.delta_mode,
-                         weight_dft=cfg.distillation.step7_pacemaker_finetune.weight_dft, workdir=workdir)
+                         weight_dft=cfg.distillation.step7_pacemaker_finetune.weight_dft,
+                         weight_dft_forces=cfg.pacemaker.weight_dft_forces,
+                         correction_functions=cfg.pacemaker.correction_functions,
+                         workdir=workdir)

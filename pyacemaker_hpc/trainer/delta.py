@@ -53,11 +53,13 @@ MODES = ("weighted_refit", "residual")
 
 def delta_fit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: LabelledSet,
               dft: LabelledSet, *, mode: str, weight_dft: float, workdir: str,
-              name: str | None = None, correction_functions: int | None = None) -> TrainedModel:
+              name: str | None = None, correction_functions: int | None = None,
+              weight_dft_forces: float | None = None) -> TrainedModel:
     """Delta-learn ``base`` onto the DFT labels; see the module docstring for the modes.
 
     ``weight_dft`` (weighted_refit): weight of one DFT structure relative to one surrogate
-    structure (a DFT structure counts as ``weight_dft`` surrogate structures).  Unused by
+    structure (a DFT structure counts as ``weight_dft`` surrogate structures);
+    ``weight_dft_forces`` the same for the force term (default ``weight_dft``).  Unused by
     ``residual`` (the correction is fitted on DFT data only).
     ``correction_functions`` (residual): functions per element of the correction
     (default: the trainer's).  The returned metrics hold ``dft_rmse_*_before`` (base) and
@@ -76,7 +78,7 @@ def delta_fit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: Labelled
         if weight_dft <= 0:
             raise ValueError("weight_dft must be > 0")
         model = weighted_refit(trainer, base, surrogate, dft, weight_dft=weight_dft,
-                               workdir=str(wd / "refit"), name=name)
+                               weight_dft_forces=weight_dft_forces, workdir=str(wd / "refit"), name=name)
     else:
         model = residual(trainer, base, surrogate, dft, workdir=str(wd / "residual"),
                          name=name, correction_functions=correction_functions)
@@ -92,21 +94,26 @@ def delta_fit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: Labelled
 # ----------------------------------------------------------------------------------------
 def weighted_refit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: LabelledSet,
                    dft: LabelledSet, *, weight_dft: float, workdir: str,
-                   name: str = "ace-delta") -> TrainedModel:
+                   name: str = "ace-delta", weight_dft_forces: float | None = None) -> TrainedModel:
     """Continue ``base`` (``-p``, its reference energies) on surrogate + DFT data, each DFT
-    structure weighted ``weight_dft`` x a surrogate structure."""
+    structure weighted ``weight_dft`` x a surrogate structure (its forces
+    ``weight_dft_forces`` x, default the same)."""
+    wf = float(weight_dft if weight_dft_forces is None else weight_dft_forces)
+    if wf <= 0:
+        raise ValueError("weight_dft_forces must be > 0")
     sur = surrogate.usable()
     data = sur + dft
     weights = np.concatenate([np.ones(len(sur)), np.full(len(dft), float(weight_dft))])
-    model = trainer.fit(data, workdir, initial=base, name=name, weights=weights,
+    fweights = np.concatenate([np.ones(len(sur)), np.full(len(dft), wf)])
+    model = trainer.fit(data, workdir, initial=base, name=name, weights=weights, force_weights=fweights,
                         max_iterations=trainer.delta_max_iterations)
     n_sur = sum(len(a) for a in sur.structures)
     n_dft = sum(len(a) for a in dft.structures)
     model.metrics.update({
-        "delta_mode": 0.0, "weight_dft": float(weight_dft),
+        "delta_mode": 0.0, "weight_dft": float(weight_dft), "weight_dft_forces": wf,
         # fraction of the (normalised) energy and force loss terms carried by DFT data
         "dft_energy_loss_share": float(len(dft) * weight_dft / (len(sur) + len(dft) * weight_dft)),
-        "dft_force_loss_share": float(n_dft * weight_dft / (n_sur + n_dft * weight_dft))})
+        "dft_force_loss_share": float(n_dft * wf / (n_sur + n_dft * wf))})
     return model
 
 

@@ -98,7 +98,8 @@ def reference_energies(ls: LabelledSet, elements: Sequence[str]) -> dict[str, fl
     return {el: float(v) for el, v in zip(elements, sol)}
 
 
-def to_dataframe(ls: LabelledSet, e0: Mapping[str, float], weights: np.ndarray | None = None):
+def to_dataframe(ls: LabelledSet, e0: Mapping[str, float], weights: np.ndarray | None = None,
+                 force_weights: np.ndarray | None = None):
     """The pandas DataFrame pacemaker reads (``data: filename:``).
 
     Columns: ``ase_atoms`` (copies, no calculator), ``energy`` (total, eV),
@@ -109,16 +110,16 @@ def to_dataframe(ls: LabelledSet, e0: Mapping[str, float], weights: np.ndarray |
     sum to 1).  These are exactly the weights pacemaker's uniform policy gives a data set
     in which structure ``s`` appears ``w_s`` times: a weight-w structure counts as w copies.
     Pacemaker renormalises the same way, so the columns reach the loss unchanged.
+    ``force_weights`` (optional, one per structure) replace ``weights`` in ``w_forces``
+    only: a structure's energy and forces can count as different numbers of copies.
     """
     import pandas as pd
 
     n = len(ls)
-    if weights is not None:
-        weights = np.asarray(weights, dtype=float).reshape(-1)
-        if weights.shape[0] != n:
-            raise ValueError(f"weights has {weights.shape[0]} entries for {n} structures")
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or (n and weights.sum() <= 0):
-            raise ValueError("weights must be finite, non-negative and not all zero")
+    weights = _check_weights(weights, n, "weights")
+    force_weights = _check_weights(force_weights, n, "force_weights")
+    if force_weights is not None and weights is None:
+        raise ValueError("force_weights needs weights (the energy weights)")
     atoms_col, e_col, ec_col, f_col, nat_col = [], [], [], [], []
     for at, lab in zip(ls.structures, ls.labels):
         a = at.copy()
@@ -138,9 +139,21 @@ def to_dataframe(ls: LabelledSet, e0: Mapping[str, float], weights: np.ndarray |
     if weights is not None:
         nat = np.asarray(nat_col, dtype=float)
         df["w_energy"] = weights / weights.sum()
-        fnorm = float(np.sum(weights * nat))
-        df["w_forces"] = [np.full(int(k), w / fnorm) for w, k in zip(weights, nat)]
+        fw = weights if force_weights is None else force_weights
+        fnorm = float(np.sum(fw * nat))
+        df["w_forces"] = [np.full(int(k), w / fnorm) for w, k in zip(fw, nat)]
     return df
+
+
+def _check_weights(w, n: int, what: str):
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=float).reshape(-1)
+    if w.shape[0] != n:
+        raise ValueError(f"{what} has {w.shape[0]} entries for {n} structures")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or (n and w.sum() <= 0):
+        raise ValueError(f"{what} must be finite, non-negative and not all zero")
+    return w
 
 
 def _write_df(df, path: Path) -> None:
@@ -356,11 +369,13 @@ class PacemakerTrainer:
     # --------------------------------------------------------------------------------
     def fit(self, train: LabelledSet, workdir: str, *, initial: TrainedModel | None = None,
             name: str = "ace", weights: np.ndarray | None = None,
+            force_weights: np.ndarray | None = None,
             test: LabelledSet | None = None, max_iterations: int | None = None) -> TrainedModel:
         """Fit (or, with ``initial``, continue fitting with ``-p``) an ACE potential.
 
         ``weights``: one per structure of ``train`` (before ``usable()`` filtering); a
         structure with weight w counts as w copies of itself in the loss.
+        ``force_weights``: the same for the force term only (default: ``weights``).
         """
         t0 = time.time()
         wd = Path(workdir)
@@ -370,12 +385,9 @@ class PacemakerTrainer:
         for f in wd.glob("interim_potential*.yaml"):
             f.unlink()
 
-        if weights is not None:
-            weights = np.asarray(weights, dtype=float).reshape(-1)
-            if weights.shape[0] != len(train):
-                raise ValueError(f"weights has {weights.shape[0]} entries for {len(train)} structures")
-            keep = [i for i, lab in enumerate(train.labels) if lab.ok]
-            weights = weights[keep]
+        keep = [i for i, lab in enumerate(train.labels) if lab.ok]
+        weights, force_weights = (None if w is None else _check_weights(w, len(train), what)[keep]
+                                  for w, what in ((weights, "weights"), (force_weights, "force_weights")))
         good = train.usable()
         if len(good) == 0:
             raise PacemakerError(f"no usable training structures for {name!r} "
@@ -384,7 +396,7 @@ class PacemakerTrainer:
             raise ValueError("initial must be an ACE TrainedModel with a .yaml file")
 
         e0 = self.resolve_e0(good, initial)
-        _write_df(to_dataframe(good, e0, weights), wd / "train.pckl.gzip")
+        _write_df(to_dataframe(good, e0, weights, force_weights), wd / "train.pckl.gzip")
         test_file = None
         if test is not None and len(test.usable()):
             tgood = test.usable()
