@@ -169,6 +169,8 @@ class DftCfg(_Strict):
 
 class FinetuneCfg(_Strict):
     method: Literal["naive", "multihead"] = "naive"
+    #: multihead: pool structures the foundation labels for the replay head (offline replay)
+    replay_size: int = Field(200, gt=0)
     #: E0s for fine-tuning: estimated (least-squares correction of the foundation's E0s; for a
     #: DFT reference unlike the foundation's), foundation, average (naive only), or a JSON dict
     e0s: str = "estimated"

@@ -108,8 +108,10 @@ def test_changing_step7_reruns_only_step7(serial_run, tmp_path):
 @pytest.mark.mpirun
 def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, tiny_mace_committee):
     """mpirun -n 2; SIGKILL the job while step 2 runs DFT; re-run: no finished DFT call is
-    repeated (at most the one in flight), the campaign completes."""
-    cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7)
+    repeated (at most the one in flight), the campaign completes. Fine-tuning is multihead
+    here: its offline replay set (the foundation's labels on pool cells) is made in step 3."""
+    cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7,
+                      **{"mace.finetune.method": "multihead", "mace.finetune.replay_size": 8})
     proc = start_until_dft_calls(cfg, tmp_path, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -125,3 +127,9 @@ def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, t
     assert len(set(calls)) == 11
     steps = _steps(tmp_path / "campaign.h5")
     assert all(steps[s]["status"] == "done" for s in ALL_STEPS)
+    with h5py.File(tmp_path / "campaign.h5", "r") as f:
+        assert f["structures/replay"].attrs["n"] == 8
+        assert (f["labels/replay/foundation/status"][()].astype(str) == "done").all()
+        ev = json.loads(f["metrics/evaluation"][()])
+        assert json.loads(f["models/mace_ft_0"].attrs["metrics"])["multihead"] == 1.0
+    assert ev["drift_from_foundation"]["method"] == "multihead"

@@ -1,12 +1,21 @@
 """Step 3: fine-tune the foundation MACE on the DFT labels of step 2 (``mace_run_train``
 on the train rank, its own process). ``mace.committee_size`` members differ in seed; the
-first one is the teacher of steps 4-5, all of them filter MD frames by disagreement."""
+first one is the teacher of steps 4-5, all of them filter MD frames by disagreement.
+
+``mace.finetune.method: multihead`` trains a replay head beside the new one on the
+foundation's own labels of ``replay_size`` pool structures (offline replay: no foundation
+training data needed), labelled here by the MACE group and kept in the campaign
+(``/structures/replay``, ``/labels/replay/foundation``)."""
 from __future__ import annotations
 
 import logging
 
+import numpy as np
+
+from ..core.models import LabelledSet
+from ..parallel import TaskFailed
 from .context import Step, StepContext, digest
-from .tasks import finetune_selection_task, finetune_task
+from .tasks import finetune_selection_task, finetune_task, mace_label_task
 
 log = logging.getLogger("pyacemaker_hpc")
 
@@ -15,7 +24,37 @@ def finetuned_names(ctx: StepContext) -> list[str]:
     return [f"mace_ft_{k}" for k in range(ctx.cfg.mace.committee_size)]
 
 
-def choose_loss(ctx: StepContext, base: str, train) -> dict:
+def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
+    """multihead only: the foundation's labels on a seeded sample of the step-1 pool."""
+    from ..oracle.mace_surrogate import pick_device
+
+    cfg, camp = ctx.cfg, ctx.camp
+    if cfg.mace.finetune.method != "multihead":
+        return None
+    if ctx.resuming and camp.has_labels("replay", "foundation"):
+        return camp.labelled_set("replay", "foundation")
+    pool = camp.read_structures("pool")
+    n = min(cfg.mace.finetune.replay_size, len(pool))
+    pick = np.sort(np.random.default_rng(cfg.seed + 3).choice(len(pool), size=n, replace=False))
+    structures = [pool[i] for i in pick]
+    out = {}
+
+    def on_result(k, res):
+        if isinstance(res, TaskFailed):
+            raise RuntimeError(f"foundation labelling of the replay set failed:\n{res.error}")
+        out[k] = res
+
+    ctx.farm.map("mace", [(0, mace_label_task, ((base,), pick_device(cfg.mace.device), cfg.mace.default_dtype,
+                                                cfg.mace.batch_size, structures))],
+                 on_result, label="replay labels")
+    camp.write_structures("replay", structures)
+    camp.init_labels("replay", "foundation", keep_existing=False)
+    camp.put_labels("replay", "foundation", dict(enumerate(out[0])))
+    log.info("[step3] multihead replay set: foundation labels on %d pool structures", n)
+    return camp.labelled_set("replay", "foundation")
+
+
+def choose_loss(ctx: StepContext, base: str, train, replay=None) -> dict:
     """The fine-tuning loss overrides chosen by K-fold validation on the DFT labels
     (``mace.finetune.select_by_validation``), recorded in /metrics/finetune_selection;
     an interrupted step keeps the choice it made."""
@@ -31,7 +70,7 @@ def choose_loss(ctx: StepContext, base: str, train) -> dict:
                     len(train.usable()), cfg.mace.finetune.cv_folds)
         return {}
     chosen, table = ctx.farm.run_one("train", finetune_selection_task, cfg, base, train,
-                                     str(ctx.workdir / "finetune" / "selection"))
+                                     str(ctx.workdir / "finetune" / "selection"), replay)
     camp.write_json("metrics/finetune_selection", {"candidates": cands, "chosen": chosen, "table": table})
     log.info("[step3] fine-tuning loss chosen by %d-fold validation: %s", table[0]["folds"], chosen)
     return chosen
@@ -52,7 +91,8 @@ class Finetune(Step):
         cfg, camp = ctx.cfg, ctx.camp
         train = camp.labelled_set("dft", "dft")
         base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
-        overrides = choose_loss(ctx, base, train)
+        replay = replay_set(ctx, base)
+        overrides = choose_loss(ctx, base, train, replay)
         shas = []
         for k, name in enumerate(finetuned_names(ctx)):
             if ctx.resuming and camp.has_model(name):
@@ -60,7 +100,7 @@ class Finetune(Step):
             else:
                 model = ctx.farm.run_one("train", finetune_task, cfg, base, train,
                                          str(ctx.workdir / "finetune" / name), cfg.mace.finetune.seed + k, name,
-                                         None, overrides)
+                                         None, overrides, replay)
                 camp.store_model(model)
                 log.info("[step3] %s: %s", name, model.metrics)
             shas.append(camp.load_model(name).sha256(".model"))

@@ -66,27 +66,29 @@ def md_task(model: str, atoms, temperature: float, strain: float, md_cfg, seed: 
 
 
 def finetune_task(cfg: Config, base_model: str, train, workdir: str, seed: int, name: str, valid=None,
-                  overrides: dict | None = None):
+                  overrides: dict | None = None, replay=None):
     """mace_run_train on the train rank (its own process); ``overrides`` replace fields of
-    ``mace.finetune`` (the loss chosen by validation)."""
+    ``mace.finetune`` (the loss chosen by validation); ``replay``: multihead's replay set."""
     from ..oracle.mace_surrogate import pick_device
     from ..trainer.mace_finetune import MaceFinetuner
 
     ft_cfg = cfg.mace.finetune.model_copy(update=dict(overrides or {}))
     ft = MaceFinetuner(base_model, cfg.distillation.step3_mace_finetune.epochs, ft_cfg,
-                       device=pick_device(cfg.mace.device), default_dtype=cfg.mace.default_dtype, seed=seed)
+                       device=pick_device(cfg.mace.device), default_dtype=cfg.mace.default_dtype, seed=seed,
+                       replay=replay)
     with serial_children():
         return ft.fit(train, workdir, name=name, valid=valid)
 
 
-def finetune_selection_task(cfg: Config, base_model: str, data, workdir: str):
+def finetune_selection_task(cfg: Config, base_model: str, data, workdir: str, replay=None):
     """Cross-validate the ``mace.finetune.select_by_validation`` candidates (train rank)."""
     from ..trainer.finetune_selection import select_finetune_loss
 
     ft = cfg.mace.finetune
 
     def fit(overrides, train, valid, wd):
-        return finetune_task(cfg, base_model, train, wd, ft.seed, "cv", valid=valid, overrides=overrides)
+        return finetune_task(cfg, base_model, train, wd, ft.seed, "cv", valid=valid, overrides=overrides,
+                             replay=replay)
 
     return select_finetune_loss(fit, data, ft.select_by_validation, workdir, folds=ft.cv_folds, seed=ft.seed)
 
