@@ -244,6 +244,12 @@ def test_residual_ships_one_potential_equal_to_base_plus_correction(base, surrog
     assert np.allclose([x.energy for x in one], [x.energy for x in two], atol=1e-8)
     assert np.allclose(np.concatenate([x.forces for x in one]),
                        np.concatenate([x.forces for x in two]), atol=1e-8)
+    # a correction of 2 functions per element (rank 1 only: no radial coefficients of its
+    # own) still merges into one exact file
+    small = delta_fit(_trainer(), model, surrogate, dft, mode="residual", weight_dft=10.0,
+                      workdir=str(tmp_path / "small"), correction_functions=2)
+    assert small.metrics["single_file"] == 1 and small.metrics["merge_max_deviation_eV"] < 1e-8
+    assert small.metrics["correction_n_functions"] <= 2
 
 
 def test_failed_fit_raises_with_pacemakers_message(tmp_path):

@@ -271,8 +271,10 @@ def merge_ace(base_yaml: str, corr_yaml: str, e0: dict[str, float] | None = None
             lmax = max(int(blk["lmaxi"]), int(cb["lmaxi"]))
             nbase = max(int(blk["nradbaseij"]), int(cb["nradbaseij"]))
             crad = np.zeros((offset + nr_c, lmax + 1, nbase))
-            crad[:crad_b.shape[0], :crad_b.shape[1], :crad_b.shape[2]] = crad_b
-            crad[offset:offset + crad_c.shape[0], :crad_c.shape[1], :crad_c.shape[2]] = crad_c
+            if crad_b.size:  # empty ([]) when a potential has rank-1 functions only here
+                crad[:crad_b.shape[0], :crad_b.shape[1], :crad_b.shape[2]] = crad_b
+            if crad_c.size:
+                crad[offset:offset + crad_c.shape[0], :crad_c.shape[1], :crad_c.shape[2]] = crad_c
             blk["nradmaxi"] = offset + nr_c
             blk["lmaxi"] = lmax
             blk["nradbaseij"] = nbase
