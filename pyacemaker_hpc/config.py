@@ -252,6 +252,10 @@ class PacemakerCfg(_Strict):
     #: residual: functions per element of the correction ACE (default: the preset's); with
     #: 10-40 DFT residuals a correction as large as the base over-fits them
     correction_functions: Optional[int] = Field(None, gt=0)
+    #: weighted_refit: candidate weight_dft values cross-validated (cv_folds) on the DFT
+    #: labels before step 7 refits with the best; empty: step 7's weight_dft as set
+    select_weight_dft: list[float] = []
+    cv_folds: int = Field(3, ge=2)
     reference_energy: Literal["auto", "zero"] = "auto"
     extra_input: dict[str, Any] = {}
 

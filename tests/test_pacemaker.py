@@ -252,6 +252,20 @@ def test_residual_ships_one_potential_equal_to_base_plus_correction(base, surrog
     assert small.metrics["correction_n_functions"] <= 2
 
 
+def test_weight_dft_chosen_by_cross_validation(base, surrogate, dft_sets, tmp_path):
+    """Step 7's weight_dft by 2-fold CV on the DFT labels: a weight that leaves the DFT
+    labels (shifted EMT, unlike the surrogate's) out of reach loses on the held-back folds."""
+    from pyacemaker_hpc.trainer.delta import select_weight_dft
+
+    model, _ = base
+    dft, _ = dft_sets
+    w, table = select_weight_dft(_trainer(), model, surrogate, dft, [0.01, 30.0], str(tmp_path), folds=2)
+    assert [r["overrides"]["weight_dft"] for r in table] == [0.01, 30.0]
+    assert sum(bool(r.get("chosen")) for r in table) == 1 and all(r["folds"] == 2 for r in table)
+    assert w == 30.0, table
+    assert table[1]["cv_energy_meV_atom"] < table[0]["cv_energy_meV_atom"]
+
+
 def test_failed_fit_raises_with_pacemakers_message(tmp_path):
     with pytest.raises(PacemakerError, match="no usable training structures"):
         _trainer().fit(LabelledSet([], []), str(tmp_path / "empty"))

@@ -94,6 +94,7 @@ def test_changing_step7_reruns_only_step7(serial_run, tmp_path):
     tmp, cfg, _, _ = serial_run
     data = yaml.safe_load(cfg.read_text())
     data["distillation"]["step7_pacemaker_finetune"]["weight_dft"] = 3.0
+    data["pacemaker"].update({"select_weight_dft": [3.0, 30.0], "cv_folds": 2})  # chosen by CV
     cfg.write_text(yaml.safe_dump(data))
     before = _steps(tmp / "campaign.h5")
     n_calls = len(dft_calls(tmp))
@@ -103,6 +104,11 @@ def test_changing_step7_reruns_only_step7(serial_run, tmp_path):
     rerun = [s for s in ALL_STEPS if after[s]["finished"] != before[s]["finished"]]
     assert rerun == ["step7_delta_learning", "evaluate"]
     assert len(dft_calls(tmp)) == n_calls
+    with h5py.File(tmp / "campaign.h5", "r") as f:
+        sel = json.loads(f["metrics/weight_dft_selection"][()])
+        final = json.loads(f["models/ace_final"].attrs["metrics"])
+    assert [r["overrides"]["weight_dft"] for r in sel["table"]] == [3.0, 30.0]
+    assert final["weight_dft"] == sel["chosen"]
 
 
 @pytest.mark.mpirun

@@ -30,7 +30,8 @@ def energy_reference(ctx: StepContext) -> dict:
 
 def base_fit_settings(cfg) -> dict:
     d = cfg.section_dict("pacemaker")["pacemaker"]
-    for k in ("delta_mode", "delta_max_iterations", "weight_dft_forces", "correction_functions"):
+    for k in ("delta_mode", "delta_max_iterations", "weight_dft_forces", "correction_functions",
+              "select_weight_dft", "cv_folds"):
         d.pop(k, None)
     return d
 

@@ -112,13 +112,24 @@ def ace_fit_task(cfg: Config, e0: dict, train, workdir: str, name: str, initial=
         return pacemaker_trainer(cfg, e0).fit(train, workdir, initial=initial, name=name, weights=weights)
 
 
-def delta_task(cfg: Config, e0: dict, base, surrogate, dft, workdir: str):
+def delta_task(cfg: Config, e0: dict, base, surrogate, dft, workdir: str, weight_dft: float | None = None):
+    """Step 7's fit; ``weight_dft`` (the one chosen by validation) replaces the config's."""
     from ..trainer.delta import delta_fit
 
     with serial_children():
         return delta_fit(pacemaker_trainer(cfg, e0), base, surrogate, dft,
                          mode=cfg.pacemaker.delta_mode,
-                         weight_dft=cfg.distillation.step7_pacemaker_finetune.weight_dft,
+                         weight_dft=weight_dft or cfg.distillation.step7_pacemaker_finetune.weight_dft,
                          weight_dft_forces=cfg.pacemaker.weight_dft_forces,
                          correction_functions=cfg.pacemaker.correction_functions,
                          workdir=workdir)
+
+
+def weight_dft_selection_task(cfg: Config, e0: dict, base, surrogate, dft, workdir: str):
+    """Cross-validate ``pacemaker.select_weight_dft`` (train rank)."""
+    from ..trainer.delta import select_weight_dft
+
+    with serial_children():
+        return select_weight_dft(pacemaker_trainer(cfg, e0), base, surrogate, dft, cfg.pacemaker.select_weight_dft,
+                                 workdir, folds=cfg.pacemaker.cv_folds, seed=cfg.seed,
+                                 weight_dft_forces=cfg.pacemaker.weight_dft_forces)

@@ -91,6 +91,26 @@ def delta_fit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: Labelled
     return model
 
 
+def select_weight_dft(trainer: PacemakerTrainer, base: TrainedModel, surrogate: LabelledSet,
+                      dft: LabelledSet, candidates: list[float], workdir: str, *, folds: int = 3,
+                      seed: int = 0, weight_dft_forces: float | None = None) -> tuple[float, list[dict]]:
+    """``weight_dft`` by K-fold cross-validation on the DFT labels: each candidate refits the
+    base on the surrogate set + K-1 DFT folds and is scored on the held-back fold (the
+    scoring of ``select_finetune_loss``). Returns the chosen weight and the table."""
+    from .finetune_selection import ENERGY, FORCES, select_finetune_loss
+
+    def fit(overrides, train, valid, wd):
+        m = delta_fit(trainer, base, surrogate, train, mode="weighted_refit", weight_dft=overrides["weight_dft"],
+                      weight_dft_forces=weight_dft_forces, workdir=wd)
+        err = rmse(predict(m, valid.structures, str(Path(wd) / "valid")), valid)
+        m.metrics[ENERGY], m.metrics[FORCES] = err["rmse_e_meV_atom"], err["rmse_f_meV_A"]
+        return m
+
+    chosen, table = select_finetune_loss(fit, dft, [{"weight_dft": float(w)} for w in candidates], workdir,
+                                         folds=folds, seed=seed, what="weight_dft")
+    return float(chosen["weight_dft"]), table
+
+
 # ----------------------------------------------------------------------------------------
 def weighted_refit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: LabelledSet,
                    dft: LabelledSet, *, weight_dft: float, workdir: str,

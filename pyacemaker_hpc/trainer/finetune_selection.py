@@ -40,16 +40,17 @@ def score(table: list[dict]) -> list[float]:
 
 def select_finetune_loss(fit: Callable[[dict, LabelledSet, LabelledSet, str], TrainedModel],
                          data: LabelledSet, candidates: list[dict], workdir: str, *,
-                         folds: int = 3, seed: int = 0) -> tuple[dict, list[dict]]:
+                         folds: int = 3, seed: int = 0, what: str = "fine-tuning loss") -> tuple[dict, list[dict]]:
     """Cross-validate each candidate (a dict of FinetuneCfg overrides) and return the best
     one and the table (per candidate: its overrides, CV energy/force RMSE, score).
 
     ``fit(overrides, train, valid, workdir)`` fine-tunes and returns the model whose metrics
-    hold mace's validation RMSE (``MaceFinetuner.fit(..., valid=...)`` does).
+    hold mace's validation RMSE (``MaceFinetuner.fit(..., valid=...)`` does). Any other
+    fit with those two metrics works the same way (step 7's ``weight_dft``, ``what``).
     """
     data = data.usable()
     if len(data) < 2:
-        raise ValueError("choosing the fine-tuning loss by validation needs at least 2 DFT labels")
+        raise ValueError(f"choosing the {what} by validation needs at least 2 DFT labels")
     splits = kfold(len(data), folds, seed)
     table = []
     for c, overrides in enumerate(candidates):
@@ -65,8 +66,7 @@ def select_finetune_loss(fit: Callable[[dict, LabelledSet, LabelledSet, str], Tr
         f = float(np.sqrt(np.sum(w * np.array([y for _, y, _ in errs]) ** 2) / w.sum()))
         table.append({"overrides": dict(overrides), "cv_energy_meV_atom": e, "cv_forces_meV_A": f,
                       "folds": len(splits)})
-        log.info("fine-tuning loss candidate %s: CV energy %.1f meV/atom, forces %.1f meV/A",
-                 overrides, e, f)
+        log.info("%s candidate %s: CV energy %.1f meV/atom, forces %.1f meV/A", what, overrides, e, f)
     for r, s in zip(table, score(table)):
         r["score"] = s
     best = min(range(len(table)), key=lambda i: table[i]["score"])
