@@ -231,7 +231,7 @@ class MaceCfg(_Strict):
     #: Measured (Cu, 10 DFT calls, 2 seeds): final ACE 3.0/6.9 meV/atom, 7.9/12.5 meV/A
     #: stratified against 3.7/25.3 meV/atom, 8.1/17.5 meV/A top (README); "random" = as
     #: many uniform random picks (the control of the uncertainty benchmark)
-    dft_pick: Literal["top", "stratified", "random"] = "stratified"
+    dft_pick: Literal["top", "stratified", "direct", "random"] = "stratified"
     finetune: FinetuneCfg = FinetuneCfg()
     md: MdCfg = MdCfg()
 

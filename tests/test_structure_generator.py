@@ -374,3 +374,7 @@ def test_stratified_dft_pick_spreads_over_descriptor_space():
     rnd = pick_random(unc, 0.9, seed=0)  # the control: same count, committee ignored
     assert len(rnd) == 6 and len(set(rnd.tolist())) == 6 and np.array_equal(rnd, pick_random(unc, 0.9, 0))
     assert not np.array_equal(rnd, pick_random(unc, 0.9, 1))
+    from pyacemaker_hpc.steps.s2_active_learning import pick_direct
+
+    dire = pick_direct(unc, 0.9, X, seed=0)  # DIRECT: both regions, committee ignored
+    assert len(dire) == 6 and any(i >= 30 for i in dire) and any(i < 30 for i in dire)

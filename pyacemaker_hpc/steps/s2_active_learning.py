@@ -97,6 +97,16 @@ def pick_stratified(unc: Uncertainty, threshold: float, X: np.ndarray, seed: int
     return np.array(sorted(picks[:n], key=lambda i: rank[i]), dtype=int)
 
 
+def pick_direct(unc: Uncertainty, threshold: float, X: np.ndarray, seed: int,
+                pca_variance: float = 0.95) -> np.ndarray:
+    """As many picks as ``pick_uncertain``, by DIRECT on the step-1 selection's descriptors:
+    one per BIRCH cluster, the member nearest the cluster's centre (committee ignored)."""
+    from ..structure_generator.direct import DirectSelector
+
+    n = len(pick_uncertain(unc, threshold))
+    return DirectSelector(pca_variance=pca_variance).select(np.asarray(X, dtype=np.float64), n, seed)
+
+
 def pick_random(unc: Uncertainty, threshold: float, seed: int) -> np.ndarray:
     """As many picks as ``pick_uncertain``, uniformly at random (the benchmark's control)."""
     n = len(pick_uncertain(unc, threshold))
@@ -122,9 +132,10 @@ class ActiveLearning(Step):
             unc = committee_uncertainty(ctx, committee_models(ctx), selected)
             camp.write_uncertainty("selected", unc)
         threshold = cfg.distillation.step2_active_learning.uncertainty_threshold
-        if cfg.mace.dft_pick == "stratified":
+        if cfg.mace.dft_pick in ("stratified", "direct"):
             X = camp.read_array("descriptors/pool")[camp.read_array("descriptors/selected_index")]
-            idx = pick_stratified(unc, threshold, X, cfg.seed, cfg.descriptors.pca_variance)
+            pick = pick_stratified if cfg.mace.dft_pick == "stratified" else pick_direct
+            idx = pick(unc, threshold, X, cfg.seed, cfg.descriptors.pca_variance)
         elif cfg.mace.dft_pick == "random":
             idx = pick_random(unc, threshold, cfg.seed)
         else:
