@@ -227,10 +227,9 @@ class MaceCfg(_Strict):
     batch_size: int = Field(32, gt=0)
     #: how step 2 turns committee uncertainty into DFT jobs: "top" = the most uncertain
     #: (1 - uncertainty_threshold) share of the step-1 selection; "stratified" = as many,
-    #: the most uncertain of each descriptor-space cluster (steps/s2_active_learning.py).
-    #: Measured (Cu, 10 DFT calls, 2 seeds): final ACE 3.0/6.9 meV/atom, 7.9/12.5 meV/A
-    #: stratified against 3.7/25.3 meV/atom, 8.1/17.5 meV/A top (README); "random" = as
-    #: many uniform random picks (the control of the uncertainty benchmark)
+    #: the most uncertain of each descriptor-space cluster (steps/s2_active_learning.py);
+    #: "direct" = the cluster centres, "random" = uniform (both ignore the committee).
+    #: Measured (Cu, 3 seeds, N = 10/20): stratified and random tie, top loses at N = 10 (README)
     dft_pick: Literal["top", "stratified", "direct", "random"] = "stratified"
     finetune: FinetuneCfg = FinetuneCfg()
     md: MdCfg = MdCfg()
