@@ -292,7 +292,7 @@ def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = ()) -> None:
 
     keep = {("distill", "final ACE"), ("distill", "fine-tuned MACE"), ("dft-only", "DFT-only ACE"),
             ("plain", "plain-loop ACE"), ("random", "random-DFT ACE")}
-    keep |= {(f"distill-{t}", "final ACE") for t in tags}
+    keep |= {(f"distill-{t}", "final ACE") for t in tags} | {(f"dft-only-{t}", "DFT-only ACE") for t in tags}
     series: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if (r["method"], r["model"]) in keep:
