@@ -227,7 +227,8 @@ def part_md(args, res) -> None:
 def part_label(args, res) -> None:
     """benchmarks/uncertainty.py's throughput part with this run's sizes; saves into --out."""
     ns = argparse.Namespace(n_small=args.n_small, n_large=args.n_large, batch_sizes=args.batch_sizes,
-                            dtypes=args.dtypes, out=args.out)
+                            dtypes=args.dtypes, out=args.out,
+                            threads=[int(os.environ.get("OMP_NUM_THREADS", "1"))])
     uncertainty_bench.part_throughput(ns, res)
 
 

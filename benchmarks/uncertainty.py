@@ -31,7 +31,8 @@ LDA-vs-PBE error).
   ``--ace-iterations`` BFGS steps) fitted on the same picked DFT labels only.
 * ``throughput``: ``--n-small`` 4-atom and ``--n-large`` 32-atom rattled/strained fcc Cu cells
   labelled with ``MaceCommittee.label_batch`` (several batch sizes) vs one ``MACECalculator``
-  call per structure (energy, forces, stress), demo foundation s0, float64 and float32;
+  call per structure (energy, forces, stress), demo foundation s0, float64 and float32,
+  with ``--threads`` torch intra-op threads given to both paths (a MACE rank's cores);
   structures/s, the ratio and the largest difference between the two. Plus a profile of
   label_batch: graph building (config -> AtomicData), collation, model call (forward +
   autograd forces/stress), everything else.
@@ -305,11 +306,13 @@ def part_throughput(args, res):
 
     from pyacemaker_hpc.oracle.mace_surrogate import MaceCommittee, torch_dtype
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    out = {"threads": torch.get_num_threads(), "rows": []}
-    for n_at, n, rep in ((4, args.n_small, 1), (32, args.n_large, 2)):
+    out = {"threads": args.threads, "rows": []}
+    for threads, (n_at, n, rep) in [(t, c) for t in args.threads
+                                    for c in ((4, args.n_small, 1), (32, args.n_large, 2))]:
         if n <= 0:
             continue
+        # both paths get the same intra-op threads: a MACE rank's cores (--cpus-per-task)
+        torch.set_num_threads(threads)
         structs = cells(n, rep, seed=n_at)
         ref64 = None  # float64 calculator labels: what float32 labels are compared with
         for dtype in args.dtypes:
@@ -326,7 +329,7 @@ def part_throughput(args, res):
                     e = b.get_potential_energy()
                     ref.append((e, b.get_forces().copy(), b.get_stress(voigt=True).copy()))
             t_calc = time.perf_counter() - t
-            row_base = {"atoms": n_at, "n": n, "dtype": dtype,
+            row_base = {"threads": threads, "atoms": n_at, "n": n, "dtype": dtype,
                         "calculator_structs_per_s": round(n / t_calc, 1)}
             if dtype == "float64":
                 ref64 = ref
@@ -348,10 +351,10 @@ def part_throughput(args, res):
                        "ratio": round(t_calc / t_b, 2), "max_abs_dE_eV": de, "max_abs_dF_eV_A": df,
                        "max_abs_dS_eV_A3": ds}
                 out["rows"].append(row)
-                print(f"  {n_at:3d} at {dtype} bs={bs:4d} cap={mba:4d}: calc {row['calculator_structs_per_s']:7.1f}/s"
+                print(f"  {threads} thr {n_at:3d} at {dtype} bs={bs:4d} cap={mba:4d}: calc {row['calculator_structs_per_s']:7.1f}/s"
                       f"  batch {row['label_batch_structs_per_s']:7.1f}/s  x{row['ratio']:.2f}", flush=True)
             comm.batch_size, comm.max_batch_atoms = 32, cap
-            out.setdefault("profile", []).append({"atoms": n_at, "dtype": dtype, "batch_size": 32,
+            out.setdefault("profile", []).append({"threads": threads, "atoms": n_at, "dtype": dtype, "batch_size": 32,
                                                   "max_batch_atoms": cap,
                                                   **profile_label_batch(comm, structs[:min(n, 300)])})
             res["throughput"] = out
@@ -412,12 +415,12 @@ def report(res):
                 print(f"{name:22s}{r['rmse_f_meV_A']:14.1f}{r['rmse_e_meV_atom']:15.1f}")
     if "throughput" in res:
         t = res["throughput"]
-        print(f"\n== 3. labelling throughput (CPU, {t['threads']} thread(s)), structures/s ==")
-        print(f"{'atoms':>5s}{'n':>6s}{'dtype':>9s}{'batch':>6s}{'atomcap':>8s}{'calculator':>12s}"
+        print("\n== 3. labelling throughput (CPU; both paths get the same torch threads), structures/s ==")
+        print(f"{'thr':>3s}{'atoms':>6s}{'n':>6s}{'dtype':>9s}{'batch':>6s}{'atomcap':>8s}{'calculator':>12s}"
               f"{'label_batch':>13s}{'ratio':>7s}{'max|dF|':>10s}")
         for r in t["rows"]:
             cap = r.get("max_batch_atoms")
-            print(f"{r['atoms']:5d}{r['n']:6d}{r['dtype']:>9s}{r['batch_size']:6d}"
+            print(f"{r.get('threads', t['threads']):>3}{r['atoms']:6d}{r['n']:6d}{r['dtype']:>9s}{r['batch_size']:6d}"
                   f"{(str(cap) if cap else 'none'):>8s}"
                   f"{r['calculator_structs_per_s']:12.1f}{r['label_batch_structs_per_s']:13.1f}"
                   f"{r['ratio']:7.2f}{r['max_abs_dF_eV_A']:10.1e}")
@@ -426,14 +429,17 @@ def report(res):
                 print(f"  {r['atoms']}-atom float32 labels vs float64: max |dE| "
                       f"{r['vs_float64_max_dE_meV_atom']:.1e} meV/atom, max |dF| {r['vs_float64_max_dF_meV_A']:.1e} meV/A")
                 break
-        calc64 = {r["atoms"]: r["calculator_structs_per_s"] for r in t["rows"] if r["dtype"] == "float64"}
+        calc64 = {(r.get("threads"), r["atoms"]): r["calculator_structs_per_s"]
+                  for r in t["rows"] if r["dtype"] == "float64"}
         for r in t["rows"]:  # step 5 as configured: float32, batch 32, 128-atom cap on CPU
+            key = (r.get("threads"), r["atoms"])
             if r["dtype"] == "float32" and r["batch_size"] == 32 and r.get("max_batch_atoms") == 128 \
-                    and r["atoms"] in calc64:
+                    and key in calc64:
                 print(f"  step 5 default (float32, batch 32) vs a float64 MACECalculator loop, "
-                      f"{r['atoms']}-atom cells: {r['label_batch_structs_per_s'] / calc64[r['atoms']]:.1f}x")
+                      f"{r['atoms']}-atom cells, {key[0]} thread(s): "
+                      f"{r['label_batch_structs_per_s'] / calc64[key]:.1f}x")
         for p in t.get("profile", []):
-            print(f"  profile {p['atoms']} at {p['dtype']} bs={p['batch_size']} cap={p.get('max_batch_atoms')}: {p['ms_per_structure']} "
+            print(f"  profile {p.get('threads', t['threads'])} thr {p['atoms']} at {p['dtype']} bs={p['batch_size']} cap={p.get('max_batch_atoms')}: {p['ms_per_structure']} "
                   f"ms/struct; graphs {p['graphs_s']} s, collate {p['collate_s']} s, model "
                   f"{p['model_s']} s, other {p['other_s']} s of {p['total_s']} s")
 
@@ -450,6 +456,8 @@ def main(argv=None):
     ap.add_argument("--n-small", type=int, default=1000)
     ap.add_argument("--n-large", type=int, default=1000)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="torch intra-op threads, given to both the calculator loop and label_batch")
     ap.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     ap.add_argument("--out", default=str(ROOT / "runs/benchmarks/uncertainty.json"))
     ap.add_argument("--workdir", default=str(ROOT / "runs/benchmarks/uncertainty_work"))
