@@ -240,7 +240,9 @@ class PacemakerCfg(_Strict):
     number_of_functions_per_element: Optional[int] = Field(None, gt=0)
     cutoff: float = Field(5.0, gt=0)
     max_iterations: int = Field(300, gt=0)
-    delta_max_iterations: int = Field(150, gt=0)
+    #: BFGS steps of step 7's fit (default: max_iterations, the DFT-only ACE's budget: at
+    #: half of it the refit is still far from converged on the DFT labels; README)
+    delta_max_iterations: Optional[int] = Field(None, gt=0)
     kappa: float = Field(0.3, ge=0, le=1)
     evaluator: Literal["tensorpot", "pyace"] = "tensorpot"
     delta_mode: Literal["weighted_refit", "residual"] = "weighted_refit"

@@ -72,6 +72,14 @@ def base(surrogate, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------
+def test_delta_fit_budget_defaults_to_the_fresh_fit_budget():
+    # step 7 fits the same DFT labels as the DFT-only ACE: by default it gets the same BFGS budget
+    assert PacemakerTrainer(PacemakerCfg(max_iterations=77), ["Cu"]).delta_max_iterations == 77
+    assert PacemakerTrainer(PacemakerCfg(max_iterations=77, delta_max_iterations=5),
+                            ["Cu"]).delta_max_iterations == 5
+    assert PacemakerTrainer(PacemakerCfg(), ["Cu"], delta_max_iterations=9).delta_max_iterations == 9
+
+
 def test_reference_energies_and_dataframe_weights():
     ls = label_with(perturbed_bulk("Cu", n=3, seed=1))
     e0 = reference_energies(ls, ["Cu"])

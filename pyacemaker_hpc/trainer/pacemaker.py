@@ -277,7 +277,8 @@ class PacemakerTrainer:
     the initial model's, else ``cfg.reference_energy`` = auto (least squares on the training
     set) or zero); ``gpu`` leaves CUDA visible (else ``CUDA_VISIBLE_DEVICES=""``);
     ``max_iterations`` / ``delta_max_iterations`` override ``cfg.max_iterations`` /
-    ``cfg.delta_max_iterations``; ``threads`` sets OMP/TF thread counts of the subprocess;
+    ``cfg.delta_max_iterations`` (unset: the fresh fit's budget); ``threads`` sets OMP/TF
+    thread counts of the subprocess;
     ``core_repulsion`` adds pacemaker's ``repulsion: auto`` (ZBL core) -- the delta module
     switches it off for residual corrections; ``timeout_s`` bounds one pacemaker run;
     ``batch_size`` is the backend's batch size.
@@ -293,7 +294,7 @@ class PacemakerTrainer:
         self.e0 = dict(e0) if e0 is not None else None
         self.gpu = gpu
         self.max_iterations = int(max_iterations or cfg.max_iterations)
-        self.delta_max_iterations = int(delta_max_iterations or cfg.delta_max_iterations)
+        self.delta_max_iterations = int(delta_max_iterations or cfg.delta_max_iterations or self.max_iterations)
         self.threads = threads
         self.core_repulsion = core_repulsion
         self.timeout_s = timeout_s
