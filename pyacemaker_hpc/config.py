@@ -260,6 +260,11 @@ class PacemakerCfg(_Strict):
     reference_energy: Literal["auto", "zero"] = "auto"
     extra_input: dict[str, Any] = {}
 
+    @property
+    def delta_iterations(self) -> int:
+        """Step 7's BFGS budget: ``delta_max_iterations``, unset = ``max_iterations``."""
+        return self.delta_max_iterations or self.max_iterations
+
 
 class EvaluationCfg(_Strict):
     holdout_file: Optional[str] = None  # extxyz with DFT labels, never used in training

@@ -75,6 +75,7 @@ def base(surrogate, tmp_path_factory):
 def test_delta_fit_budget_defaults_to_the_fresh_fit_budget():
     # step 7 fits the same DFT labels as the DFT-only ACE: by default it gets the same BFGS budget
     assert PacemakerTrainer(PacemakerCfg(max_iterations=77), ["Cu"]).delta_max_iterations == 77
+    assert PacemakerCfg(max_iterations=77).delta_iterations == 77  # what step 7's input hash sees
     assert PacemakerTrainer(PacemakerCfg(max_iterations=77, delta_max_iterations=5),
                             ["Cu"]).delta_max_iterations == 5
     assert PacemakerTrainer(PacemakerCfg(), ["Cu"], delta_max_iterations=9).delta_max_iterations == 9

@@ -41,7 +41,7 @@ class DeltaLearning(Step):
     def inputs(self, ctx):
         cfg = ctx.cfg
         return {"step7": cfg.section_dict("distillation.step7_pacemaker_finetune"),
-                "mode": cfg.pacemaker.delta_mode, "iters": cfg.pacemaker.delta_max_iterations or cfg.pacemaker.max_iterations,
+                "mode": cfg.pacemaker.delta_mode, "iters": cfg.pacemaker.delta_iterations,
                 "weight_dft_forces": cfg.pacemaker.weight_dft_forces,
                 "correction_functions": cfg.pacemaker.correction_functions,
                 "select": [cfg.pacemaker.select_weight_dft, cfg.pacemaker.cv_folds],
