@@ -278,28 +278,30 @@ def headline(rows: list[dict], tag: str) -> dict:
                 points.append({"N_baseline": n_b, "error_baseline": e_b, "N_distill": n_d,
                                "fraction_of_calls": n_d / n_b if n_d else None})
             fr = [p["fraction_of_calls"] for p in points if p["fraction_of_calls"]]
-            equivalent = [{"N_distill": n_d, "error_distill": e_d, **equivalent_calls(ref, e_d)}
-                          for n_d, e_d in dis.items()]
-            for q in equivalent:
-                q["fraction_of_calls"] = q["N_distill"] / q["baseline_calls"]
+            equivalent = [equivalent_calls(ref, n_d, e_d) for n_d, e_d in dis.items()]
             out[f"{key} vs {base}"] = {"unit": unit, "points": points, "best_fraction": min(fr) if fr else None,
                                        "equivalent": equivalent, "distill_curve": dis, "baseline_curve": ref}
     return out
 
 
-def equivalent_calls(ref: dict[int, float], err: float) -> dict:
-    """The baseline calls that give error ``err``: log-log interpolation between the two
-    measured budgets where the baseline curve (mean over seeds) first falls to ``err``.
-    ``bound`` says when it is only a bound: ``at_most`` (the baseline's smallest budget is
-    already as good), ``more_than`` (its largest budget is still worse; no extrapolation)."""
+def equivalent_calls(ref: dict[int, float], n_d: int, err: float) -> dict:
+    """The baseline calls that give the distillation's error ``err`` (at ``n_d`` calls):
+    log-log interpolation between the two measured budgets where the baseline curve (mean
+    over seeds) first falls to ``err``, and ``n_d`` over them. ``bound`` says when it is only
+    a bound: ``at_most`` (the baseline's smallest budget is already as good), ``more_than``
+    (its largest budget is still worse; no extrapolation)."""
     ns = sorted(ref)
+    calls, bound = float(ns[-1]), "more_than"
     if ref[ns[0]] <= err:
-        return {"baseline_calls": float(ns[0]), "bound": "at_most"}
-    for a, b in zip(ns, ns[1:]):
-        if ref[a] > err >= ref[b]:
-            t = (np.log(ref[a]) - np.log(err)) / (np.log(ref[a]) - np.log(ref[b]))
-            return {"baseline_calls": float(np.exp(np.log(a) + t * (np.log(b) - np.log(a)))), "bound": "interpolated"}
-    return {"baseline_calls": float(ns[-1]), "bound": "more_than"}
+        calls, bound = float(ns[0]), "at_most"
+    else:
+        for a, b in zip(ns, ns[1:]):
+            if ref[a] > err >= ref[b]:
+                t = (np.log(ref[a]) - np.log(err)) / (np.log(ref[a]) - np.log(ref[b]))
+                calls, bound = float(np.exp(np.log(a) + t * (np.log(b) - np.log(a)))), "interpolated"
+                break
+    return {"N_distill": n_d, "error_distill": err, "baseline_calls": calls, "bound": bound,
+            "fraction_of_calls": n_d / calls}
 
 
 def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = ()) -> None:
@@ -430,11 +432,10 @@ def main(argv=None) -> int:
                             + (f"N={p['N_distill']} ({100 * p['fraction_of_calls']:.0f} %)" if p["N_distill"]
                                else "not reached") for p in v["points"])
             print(f"\nheadline [{t or 'default'}] {key} ({v['unit']}): {pts}")
-            sign = {"at_most": "<= ", "more_than": "> ", "interpolated": "~"}
-            eq = "; ".join(f"N={q['N_distill']} ({q['error_distill']:.1f}) = {sign[q['bound']]}"
-                           f"{q['baseline_calls']:.0f} calls ({'>= ' if q['bound'] == 'at_most' else ''}"
-                           f"{'< ' if q['bound'] == 'more_than' else ''}{100 * q['fraction_of_calls']:.0f} %)"
-                           for q in v["equivalent"])
+            marks = {"at_most": ("<= ", ">= "), "more_than": ("> ", "< "), "interpolated": ("~", "")}
+            eq = "; ".join(f"N={q['N_distill']} ({q['error_distill']:.1f}) = {marks[q['bound']][0]}"
+                           f"{q['baseline_calls']:.0f} calls ({marks[q['bound']][1]}"
+                           f"{100 * q['fraction_of_calls']:.0f} %)" for q in v["equivalent"])
             print(f"  interpolated (log-log) baseline calls for the same error: {eq}")
     out = Path(args.out) if args.out else out_default
     out.parent.mkdir(parents=True, exist_ok=True)
