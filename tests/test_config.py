@@ -145,3 +145,9 @@ def test_cli_validate_exits_2_with_one_line(tmp_path, capsys):
     assert main(["validate", str(p)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'seeds'" in err and "did you mean 'seed'" in err
+
+
+@pytest.mark.parametrize("mesh", [[4, 0, 4], [4, 4]])
+def test_bad_kpoint_mesh_names_the_key(tmp_path, mesh):
+    data = {**MINIMAL, "dft": {"gpaw": {"kpoint_mesh": mesh}}}
+    assert "dft.gpaw.kpoint_mesh" in _err(tmp_path, data)

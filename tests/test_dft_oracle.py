@@ -532,3 +532,32 @@ def test_campaigns_sharing_dft_workdir_pay_once(tmp_path, monkeypatch):
         assert n_calls == 3, f"campaign {run}: {n_calls} calculator calls"
     assert all(np.isclose(a.energy, b.energy) for a, b in zip(*labels))
     assert not (tmp_path / "a" / "dft").exists()  # everything went to dft.workdir
+
+
+def test_fixed_kpoint_mesh_and_mixed_mesh_warning(tmp_path, vasp_env, vasp_data, mgo):
+    """A density mesh follows strain (fcc Au at density 2.0: 4x4x4, and 3x3x3 from +1 %
+    strain); ``kpoint_mesh`` fixes it for every cell, in GPAW's parameters and in VASP's
+    KPOINTS file; an unset mesh leaves the cache identity as before the key existed; the
+    labelling step finds same-size cells on different meshes."""
+    from ase.build import bulk
+
+    from pyacemaker_hpc.steps.labelling import mixed_kpoint_meshes
+
+    cells = [bulk("Au", "fcc", a=4.16 * s, cubic=True) for s in (0.98, 1.0, 1.02)]
+    density = GpawCfg(kpoint_density=2.0)
+    assert [density.mesh(a) for a in cells] == [(4, 4, 4), (4, 4, 4), (3, 3, 3)]
+    assert "kpoint_mesh" not in density.identity()
+    assert dict(mixed_kpoint_meshes(density, cells)[4]) == {(4, 4, 4): 2, (3, 3, 3): 1}
+    assert mixed_kpoint_meshes(density, cells[:2]) == {}
+
+    fixed = GpawCfg(kpoint_density=2.0, kpoint_mesh=[5, 5, 5])
+    assert {GpawOracle(fixed).parameters(a)["kpts"]["size"] for a in cells} == {(5, 5, 5)}
+    assert fixed.identity()["kpoint_mesh"] == [5, 5, 5]
+    assert mixed_kpoint_meshes(fixed, cells) == {}
+    assert GpawOracle(fixed).settings() != GpawOracle(density).settings()  # a new cache key
+
+    make, calls, runs = vasp_env
+    oracle = make(vasp_data / "MgO_complete")
+    oracle.cfg = oracle.cfg.model_copy(update={"kpoint_mesh": (2, 3, 4)})
+    oracle.write_inputs(mgo, tmp_path, {})
+    assert (tmp_path / "KPOINTS").read_text().splitlines()[3].split() == ["2", "3", "4"]

@@ -52,13 +52,17 @@ _KEEP = {CACHE_FILE, "POTCAR", INFLIGHT_FILE, CRASH_COUNT_FILE}
 _DROP = {"WAVECAR", "CHG", "CHGCAR", "WAVEDER"}
 
 
-def estimated_cost(atoms: Atoms, kpoint_density: float | None = None) -> float:
+def estimated_cost(atoms: Atoms, kpoint_density: float | None = None, *,
+                   mesh: tuple[int, int, int] | None = None) -> float:
     """Relative cost of a plane-wave DFT calculation, for ordering jobs (not a prediction of
-    seconds): (number of k-points) x atoms^3, the k-points from ``kpoint_density`` as the
-    oracles choose them. Cubic in size is the diagonalisation term that dominates beyond a
-    few atoms; the k-point factor makes a small cell with a dense mesh cost what it does."""
+    seconds): (number of k-points) x atoms^3, the k-points the oracle's ``mesh`` or, from
+    ``kpoint_density``, as the oracles choose them. Cubic in size is the diagonalisation term
+    that dominates beyond a few atoms; the k-point factor makes a small cell with a dense mesh
+    cost what it does."""
     nk = 1
-    if kpoint_density and atoms.pbc.any():
+    if mesh is not None:
+        nk = int(np.prod(mesh))
+    elif kpoint_density and atoms.pbc.any():
         from ase.calculators.calculator import kpts2sizeandoffsets
 
         size, _ = kpts2sizeandoffsets(density=kpoint_density, gamma=True, atoms=atoms)
@@ -191,9 +195,14 @@ class RetryingOracle:
         return obj
 
     # -- the cache -----------------------------------------------------------------------
+    def cache_settings(self, atoms: Atoms) -> dict:
+        """What decides this structure's numbers (it keys the work-directory cache): the
+        oracle's settings, unless an oracle resolves them per structure (GPAW's k-mesh)."""
+        return self.settings()
+
     def _cache_key(self, atoms: Atoms) -> dict:
         return {"oracle": self.name, "uid": structure_uid(atoms),
-                "settings": _settings_hash(self.settings())}
+                "settings": _settings_hash(self.cache_settings(atoms))}
 
     def _load_cache(self, workdir: Path, atoms: Atoms) -> Label | None:
         path = workdir / CACHE_FILE

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from ase import Atoms
-from ase.calculators.calculator import kpts2sizeandoffsets
 
 from ..config import GpawCfg
 from ..core.models import Label
@@ -55,7 +54,7 @@ def import_gpaw():
 
 class GpawOracle(RetryingOracle):
     """PBE (or ``cfg.xc``) plane waves at ``cfg.ecut``, Gamma-centred Monkhorst-Pack
-    k-points from ``cfg.kpoint_density`` (ASE's definition: points per 2*pi/A), Fermi-Dirac
+    k-points (``cfg.kpoint_mesh``, else from ``cfg.kpoint_density``: ASE's points per 2*pi/A), Fermi-Dirac
     smearing ``cfg.smearing_width``; ``cfg.extra`` is passed to GPAW last (it wins).
 
     Fallback ladder on SCF non-convergence (``KohnShamConvergenceError``): twice the
@@ -84,13 +83,19 @@ class GpawOracle(RetryingOracle):
             self._gpaw_comm = MPI4PYWrapper(self._comm)
 
     def settings(self) -> dict:
-        return {"gpaw": self.cfg.model_dump(mode="json"), "energy": self.energy}
+        return {"gpaw": self.cfg.identity(), "energy": self.energy}
+
+    def cache_settings(self, atoms: Atoms) -> dict:
+        """The calculation as GPAW gets it (the resolved k-mesh, not the density that chose
+        it): a finished calculation is reused whenever the same structure would be computed
+        with the same parameters, e.g. after switching a density to the fixed mesh most cells
+        already had."""
+        return {"gpaw": self.parameters(atoms), "energy": self.energy}
 
     def parameters(self, atoms: Atoms) -> dict:
         """The GPAW keyword arguments for ``atoms`` (before any ladder change)."""
-        size, _ = kpts2sizeandoffsets(density=self.cfg.kpoint_density, gamma=True, atoms=atoms)
         params = {"mode": {"name": "pw", "ecut": float(self.cfg.ecut)}, "xc": self.cfg.xc,
-                  "kpts": {"size": tuple(int(k) for k in size), "gamma": True},
+                  "kpts": {"size": self.cfg.mesh(atoms), "gamma": True},
                   "occupations": {"name": "fermi-dirac", "width": float(self.cfg.smearing_width)}}
         params.update({k: v for k, v in self.cfg.extra.items() if k not in ("txt", "communicator")})
         return params

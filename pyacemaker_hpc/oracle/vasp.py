@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import kpts2sizeandoffsets
 
 from ..config import VaspCfg
 from ..core.models import Label
@@ -156,8 +155,8 @@ class VaspOracle(RetryingOracle):
     """VASP single points (NSW = 0, IBRION = -1 unless given; LWAVE/LCHARG off unless given).
 
     ``cfg.incar`` keys go to ASE's ``Vasp`` in lower case (unknown tags are written as
-    given); k-points are Gamma-centred Monkhorst-Pack from ``cfg.kpoint_density`` (ASE's
-    definition: points per 2*pi/A) unless the INCAR sets KSPACING; POTCARs come from
+    given); k-points are Gamma-centred Monkhorst-Pack, ``cfg.kpoint_mesh`` or from ``cfg.kpoint_density``
+    (ASE's definition: points per 2*pi/A) unless the INCAR sets KSPACING; POTCARs come from
     ``cfg.setups`` under ``<pp_path or $VASP_PP_PATH>/<potcar_family>`` (or ``pp_path``
     itself when it holds the element folders). ``cfg.walltime_s`` limits each attempt:
     at the limit the process group gets SIGTERM, then SIGKILL after ``kill_grace_s``.
@@ -184,7 +183,7 @@ class VaspOracle(RetryingOracle):
         self.incar = incar
 
     def settings(self) -> dict:
-        cfg = self.cfg.model_dump(mode="json")
+        cfg = self.cfg.identity()
         for key in ("command", "walltime_s"):  # how it runs, not what it computes
             cfg.pop(key, None)
         return {"vasp": cfg, "incar": self.incar, "potcar_family": self.potcar_family,
@@ -228,9 +227,8 @@ class VaspOracle(RetryingOracle):
     def write_inputs(self, atoms: Atoms, workdir: Path, params: dict) -> None:
         from ase.calculators.vasp import Vasp
 
-        size, _ = kpts2sizeandoffsets(density=self.cfg.kpoint_density, gamma=True, atoms=atoms)
         calc = Vasp(directory=str(workdir), setups=self.cfg.setups, pp=str(self.potcar_dir()),
-                    kpts=[int(k) for k in size], gamma=True, **params)
+                    kpts=list(self.cfg.mesh(atoms)), gamma=True, **params)
         a = atoms.copy()
         a.calc = None
         calc.initialize(a)
