@@ -199,6 +199,7 @@ def test_weighted_refit_moves_toward_dft(base, surrogate, dft_sets, tmp_path):
                       workdir=str(tmp_path))
     m = refit.metrics
     assert m["continued"] == 1 and m["delta_mode"] == 0 and m["weight_dft"] == 10
+    assert m["refit_from_scratch"] == 0
     assert m["dft_energy_loss_share"] == pytest.approx(100 / 124)   # 10 DFT x 10 vs 24
     assert m["dft_force_loss_share"] == pytest.approx(100 / 124)    # all cells have 4 atoms
     assert m["e0_Cu"] == pytest.approx(model.metrics["e0_Cu"])   # the base's energy scale
@@ -211,6 +212,27 @@ def test_weighted_refit_moves_toward_dft(base, surrogate, dft_sets, tmp_path):
     after = rmse(predict(refit, held_out.structures, str(tmp_path / "ha")), held_out)
     assert after["rmse_f_meV_A"] < before["rmse_f_meV_A"]
     assert after["rmse_e_meV_atom"] < before["rmse_e_meV_atom"]
+
+
+def test_refit_starts_from_scratch_when_the_base_is_no_prior(surrogate, dft_sets, tmp_path):
+    """A base whose forces on the DFT cells are off by more than those forces themselves
+    (here: fitted to surrogate forces x 50) is no starting point: step 7 fits surrogate +
+    DFT from scratch, and lands below where it started."""
+    from pyacemaker_hpc.trainer.delta import is_prior
+
+    dft, _ = dft_sets
+    wild = LabelledSet(surrogate.structures, [Label(energy=lab.energy, forces=50 * lab.forces, stress=lab.stress)
+                                              for lab in surrogate.labels])
+    bad = _trainer().fit(wild, str(tmp_path / "bad"), name="bad")
+    scale = 1e3 * np.sqrt(np.mean(np.concatenate([lab.forces.ravel() for lab in dft.labels]) ** 2))
+    assert is_prior({"rmse_f_meV_A": 0.9 * scale}, dft) and not is_prior({"rmse_f_meV_A": 1.1 * scale}, dft)
+    refit = delta_fit(_trainer(), bad, surrogate, dft, mode="weighted_refit", weight_dft=10.0,
+                      workdir=str(tmp_path / "delta"))
+    m = refit.metrics
+    assert m["dft_rmse_f_meV_A_before"] > scale
+    assert m["refit_from_scratch"] == 1 and m["continued"] == 0
+    assert not (tmp_path / "delta" / "refit" / "initial.yaml").exists()
+    assert m["dft_rmse_f_meV_A_after"] < 0.2 * m["dft_rmse_f_meV_A_before"]
 
 
 def test_residual_ships_one_potential_equal_to_base_plus_correction(base, surrogate, dft_sets,
