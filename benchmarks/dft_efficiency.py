@@ -32,8 +32,8 @@ the project's own DFT oracle with the config's GPAW settings on fresh MutationGe
 candidates (rng seed ``--holdout-seed``, different from every campaign's) and cached as
 ``runs/benchmarks/dft_efficiency_holdout.extxyz``; no step of any run sees it.
 
-``--set mace.finetune.e0s=foundation`` (dotted keys, YAML values) changes the config of a
-variant; give it a ``--tag``. ``--copy-from TAG`` starts a variant from a copy of that
+``--set mace.finetune.e0s=foundation`` (dotted keys, YAML values; ``null`` removes a key)
+changes the config of a variant; give it a ``--tag``. ``--copy-from TAG`` starts a variant from a copy of that
 variant's finished campaign, so only the steps whose inputs changed run again.
 
 It reads ``/metrics/evaluation`` and ``/steps/<step>`` attrs ``seconds`` of every campaign
@@ -123,10 +123,14 @@ def budget(n: int) -> tuple[int, float]:
 
 
 def set_dotted(d: dict, key: str, value) -> None:
+    """``--set a.b=v``; ``v`` null removes the key (the schema default applies)."""
     parts = key.split(".")
     for p in parts[:-1]:
         d = d.setdefault(p, {})
-    d[parts[-1]] = value
+    if value is None:
+        d.pop(parts[-1], None)
+    else:
+        d[parts[-1]] = value
 
 
 def run_name(method: str, tag: str, n: int, seed: int) -> str:
