@@ -31,7 +31,7 @@ def mixed_kpoint_meshes(section, structures) -> dict[int, Counter]:
     calculator without k-points). Same-size cells on different meshes are labels from
     different potential-energy surfaces: expanded Au cells on 3x3x3 instead of 4x4x4 were
     54-78 meV/atom off on Cu-Au at density 2.0 (README), more than every model's error."""
-    if getattr(section, "kpoint_mesh", True) is not None:
+    if not hasattr(section, "mesh") or section.kpoint_mesh is not None:
         return {}
     by_size: dict[int, Counter] = {}
     for at in structures:

@@ -77,8 +77,8 @@ def delta_fit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: Labelled
     if mode == "weighted_refit":
         if weight_dft <= 0:
             raise ValueError("weight_dft must be > 0")
-        start = base if is_prior(before, dft) else None
-        model = weighted_refit(trainer, base, surrogate, dft, weight_dft=weight_dft, start=start,
+        model = weighted_refit(trainer, base, surrogate, dft, weight_dft=weight_dft,
+                               from_scratch=not is_prior(before, dft),
                                weight_dft_forces=weight_dft_forces, workdir=str(wd / "refit"), name=name)
     else:
         model = residual(trainer, base, surrogate, dft, workdir=str(wd / "residual"),
@@ -126,13 +126,13 @@ def select_weight_dft(trainer: PacemakerTrainer, base: TrainedModel, surrogate: 
 # ----------------------------------------------------------------------------------------
 def weighted_refit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: LabelledSet,
                    dft: LabelledSet, *, weight_dft: float, workdir: str,
-                   start: TrainedModel | None, name: str = "ace-delta",
-                   weight_dft_forces: float | None = None) -> TrainedModel:
-    """Continue ``start`` (the base: ``-p``, its reference energies) on surrogate + DFT data,
-    each DFT structure weighted ``weight_dft`` x a surrogate structure (its forces
-    ``weight_dft_forces`` x, default the same). ``start=None`` fits the same data from
-    scratch instead (``delta_fit`` does when the base is no prior, see ``is_prior``)."""
-    if start is None:
+                   name: str = "ace-delta", weight_dft_forces: float | None = None,
+                   from_scratch: bool = False) -> TrainedModel:
+    """Continue ``base`` (``-p``, its reference energies) on surrogate + DFT data, each DFT
+    structure weighted ``weight_dft`` x a surrogate structure (its forces
+    ``weight_dft_forces`` x, default the same). ``from_scratch`` fits the same data without
+    the base (``delta_fit`` does when the base is no prior, see ``is_prior``)."""
+    if from_scratch:
         log.warning("the base ACE is no prior on the DFT cells (its force error there exceeds the "
                     "DFT forces' own RMS; it never saw such structures: is mace.md.include_pool off?); "
                     "fitting surrogate + DFT data from scratch instead of continuing it")
@@ -143,13 +143,13 @@ def weighted_refit(trainer: PacemakerTrainer, base: TrainedModel, surrogate: Lab
     data = sur + dft
     weights = np.concatenate([np.ones(len(sur)), np.full(len(dft), float(weight_dft))])
     fweights = np.concatenate([np.ones(len(sur)), np.full(len(dft), wf)])
-    model = trainer.fit(data, workdir, initial=start, name=name, weights=weights, force_weights=fweights,
+    model = trainer.fit(data, workdir, initial=None if from_scratch else base, name=name, weights=weights, force_weights=fweights,
                         max_iterations=trainer.delta_max_iterations)
     n_sur = sum(len(a) for a in sur.structures)
     n_dft = sum(len(a) for a in dft.structures)
     model.metrics.update({
         "delta_mode": 0.0, "weight_dft": float(weight_dft), "weight_dft_forces": wf,
-        "refit_from_scratch": float(start is None),
+        "refit_from_scratch": float(from_scratch),
         # fraction of the (normalised) energy and force loss terms carried by DFT data
         "dft_energy_loss_share": float(len(dft) * weight_dft / (len(sur) + len(dft) * weight_dft)),
         "dft_force_loss_share": float(n_dft * wf / (n_sur + n_dft * wf))})
