@@ -262,11 +262,7 @@ def headline(rows: list[dict], tag: str) -> dict:
     sfx = f"-{tag}" if tag else ""
 
     def curve(method, model, key):
-        by_n: dict[int, list[float]] = {}
-        for r in rows:
-            if r["method"] == method and r["model"] == model:
-                by_n.setdefault(r["N"], []).append(r[key])
-        return {n: float(np.mean(v)) for n, v in sorted(by_n.items())}
+        return {n: float(np.mean(v)) for n, v in by_budget(rows, method, model, key).items()}
 
     out = {}
     for key, unit in (("F_rmse", "meV/A"), ("E_rmse", "meV/atom"), ("E_rmse_shifted", "meV/atom")):
@@ -283,9 +279,31 @@ def headline(rows: list[dict], tag: str) -> dict:
                                "fraction_of_calls": n_d / n_b if n_d else None})
             fr = [p["fraction_of_calls"] for p in points if p["fraction_of_calls"]]
             equivalent = [equivalent_calls(ref, n_d, e_d) for n_d, e_d in dis.items()]
+            seeds = {n: len(v) for n, v in by_budget(rows, f"distill{sfx}", "final ACE", key).items()}
             out[f"{key} vs {base}"] = {"unit": unit, "points": points, "best_fraction": min(fr) if fr else None,
-                                       "equivalent": equivalent, "distill_curve": dis, "baseline_curve": ref}
+                                       "equivalent": equivalent, "distill_curve": dis, "baseline_curve": ref,
+                                       "seeds_per_budget": seeds}
     return out
+
+
+def by_budget(rows: list[dict], method: str, model: str, key: str) -> dict[int, list[float]]:
+    """``key`` of every seed of one (method, model), by budget N (sorted)."""
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        if r["method"] == method and r["model"] == model:
+            out.setdefault(r["N"], []).append(r[key])
+    return dict(sorted(out.items()))
+
+
+def seed_label(rs: list[dict]) -> str:
+    """"3 seeds", or the count per budget when budgets differ ("seeds 3/3/1/1 at N 10/20/40/80"):
+    a mean over one seed next to a mean over three is not the same kind of point."""
+    per_n = {n: len({r["seed"] for r in rs if r["N"] == n}) for n in sorted({r["N"] for r in rs})}
+    counts = set(per_n.values())
+    if len(counts) == 1:
+        k = counts.pop()
+        return f"{k} seed{'s' * (k > 1)}"
+    return f"seeds {'/'.join(map(str, per_n.values()))} at N {'/'.join(map(str, per_n))}"
 
 
 def equivalent_calls(ref: dict[int, float], n_d: int, err: float) -> dict:
@@ -339,9 +357,8 @@ def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = ()) -> None:
             lo = shown - np.minimum([min(v) for v in vals], shown)
             hi = np.maximum([max(v) for v in vals], shown) - shown
             hi = np.where(mean > shown, 0, hi)
-            seeds = len({r["seed"] for r in rs})
             ax.errorbar(ns, shown, yerr=[lo, hi], fmt="--o" if "MACE" in model else "-o", color=color,
-                        capsize=3, label=f"{meth}: {model} ({seeds} seed{'s' * (seeds > 1)})")
+                        capsize=3, label=f"{meth}: {model} ({seed_label(rs)})")
             for n, m, sh in zip(ns, mean, shown):
                 if m > sh:
                     ax.annotate(f"{m:.0f} (diverged)", (n, sh), fontsize=7, color=color,
@@ -435,7 +452,8 @@ def main(argv=None) -> int:
             pts = "; ".join(f"{p['error_baseline']:.1f} at N={p['N_baseline']} -> "
                             + (f"N={p['N_distill']} ({100 * p['fraction_of_calls']:.0f} %)" if p["N_distill"]
                                else "not reached") for p in v["points"])
-            print(f"\nheadline [{t or 'default'}] {key} ({v['unit']}): {pts}")
+            seeds = ", ".join(f"{k} at {n}" for n, k in v["seeds_per_budget"].items())
+            print(f"\nheadline [{t or 'default'}] {key} ({v['unit']}; distillation seeds: {seeds}): {pts}")
             marks = {"at_most": ("<= ", ">= "), "more_than": ("> ", "< "), "interpolated": ("~", "")}
             eq = "; ".join(f"N={q['N_distill']} ({q['error_distill']:.1f}) = {marks[q['bound']][0]}"
                            f"{q['baseline_calls']:.0f} calls ({marks[q['bound']][1]}"
