@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: names mace's foundation-model loader knows (mace.calculators.foundations_models);
 #: anything else in ``base_model`` must be an existing file. "MACE-MP-0" is ours: it maps to
@@ -160,6 +160,29 @@ class VaspCfg(_Kpoints):
     command: list[str] = ["vasp_std"]
     pp_path: Optional[str] = None  # default: $VASP_PP_PATH
     walltime_s: Optional[float] = Field(None, gt=0)
+
+    def kspacing(self) -> float | None:
+        """The INCAR's KSPACING (any case): with it VASP makes the mesh and no KPOINTS is written."""
+        value = next((v for k, v in self.incar.items() if str(k).lower() == "kspacing"), None)
+        return None if value is None else float(value)
+
+    @model_validator(mode="after")
+    def _one_mesh_source(self):
+        if self.kpoint_mesh is not None and self.kspacing() is not None:
+            raise ValueError("kpoint_mesh and incar.KSPACING both set: VASP would use KSPACING "
+                             "(no KPOINTS file is written with it) and ignore kpoint_mesh; keep one")
+        return self
+
+    def mesh(self, atoms) -> tuple[int, int, int]:
+        """As VASP computes it: ``N_i = max(1, ceil(|b_i| 2 pi / KSPACING))`` with KSPACING
+        in the INCAR (b_i without 2 pi), else ``kpoint_mesh`` / ``kpoint_density``."""
+        ks = self.kspacing()
+        if ks is None:
+            return super().mesh(atoms)
+        import numpy as np
+
+        b = np.linalg.norm(atoms.cell.reciprocal(), axis=1)
+        return tuple(max(1, int(np.ceil(2 * np.pi * x / ks - 1e-9))) for x in b)
 
 
 class GpawCfg(_Kpoints):

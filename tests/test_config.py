@@ -151,3 +151,20 @@ def test_cli_validate_exits_2_with_one_line(tmp_path, capsys):
 def test_bad_kpoint_mesh_names_the_key(tmp_path, mesh):
     data = {**MINIMAL, "dft": {"gpaw": {"kpoint_mesh": mesh}}}
     assert "dft.gpaw.kpoint_mesh" in _err(tmp_path, data)
+
+
+def test_vasp_kspacing_makes_the_mesh_and_excludes_kpoint_mesh(tmp_path):
+    """With KSPACING in the INCAR, VASP makes the mesh (ASE writes no KPOINTS), so a
+    kpoint_mesh beside it would be silently ignored: an error naming both. The mesh the
+    cost estimate and the mixed-mesh check reason from is VASP's ceil(|b_i| 2 pi / KSPACING)."""
+    from pyacemaker_hpc.config import VaspCfg
+
+    data = {**MINIMAL, "dft": {"vasp": {"kpoint_mesh": [4, 4, 4], "incar": {"KSPACING": 0.3}}}}
+    msg = _err(tmp_path, data)
+    assert "dft.vasp" in msg and "KSPACING" in msg and "kpoint_mesh" in msg
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)  # |b| 2 pi = 1.740 / A
+    assert VaspCfg(incar={"kspacing": 0.3}).mesh(cu) == (6, 6, 6)
+    assert VaspCfg(incar={"KSPACING": 0.5}).mesh(cu) == (4, 4, 4)
+    assert VaspCfg(incar={"KSPACING": 0.58}).mesh(cu) == (4, 4, 4)  # 1.7405 / 0.58 = 3.0008: rounded up
+    assert VaspCfg(incar={"KSPACING": 0.59}).mesh(cu) == (3, 3, 3)
+    assert VaspCfg(kpoint_density=2.0).mesh(cu) == VaspCfg(kpoint_density=2.0, incar={}).mesh(cu)
