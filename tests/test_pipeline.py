@@ -111,6 +111,28 @@ def test_changing_step7_reruns_only_step7(serial_run, tmp_path):
     assert final["weight_dft"] == sel["chosen"]
 
 
+
+def test_changing_the_energy_reference_refits_from_step6(serial_run):
+    """``pacemaker.reference_energy`` decides the E0 written into every ACE fit: changing it
+    re-runs step 6 onwards with the new E0 (the cached /metrics/e0 must not survive it)."""
+    tmp, cfg, _, _ = serial_run
+    data = yaml.safe_load(cfg.read_text())
+    with h5py.File(tmp / "campaign.h5", "r") as f:
+        e0_auto = json.loads(f["metrics/e0"][()])
+    assert all(v != 0.0 for v in e0_auto.values())  # fitted on the (EMT) labels
+    data["pacemaker"].update({"reference_energy": "zero", "select_weight_dft": []})
+    cfg.write_text(yaml.safe_dump(data))
+    before = _steps(tmp / "campaign.h5")
+    res = _run(cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = _steps(tmp / "campaign.h5")
+    assert [s for s in ALL_STEPS if after[s]["finished"] != before[s]["finished"]] == [
+        "step6_base_ace", "step7_delta_learning", "evaluate"]
+    with h5py.File(tmp / "campaign.h5", "r") as f:
+        assert json.loads(f["metrics/e0"][()]) == {el: 0.0 for el in e0_auto}
+        base = json.loads(f["models/ace_base"].attrs["metrics"])
+    assert all(base[f"e0_{el}"] == 0.0 for el in e0_auto), base
+
 @pytest.mark.mpirun
 def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, tiny_mace_committee):
     """mpirun -n 2; SIGKILL the job while step 2 runs DFT; re-run: no finished DFT call is

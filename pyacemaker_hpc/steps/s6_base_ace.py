@@ -13,18 +13,20 @@ log = logging.getLogger("pyacemaker_hpc")
 
 
 def energy_reference(ctx: StepContext) -> dict:
-    """Per-element E0 (eV) from the DFT labels, stored once in /metrics/e0."""
+    """Per-element E0 (eV) from the DFT labels (``pacemaker.reference_energy: auto``) or zero,
+    stored once in /metrics/e0 and recomputed when the DFT labels or the mode change."""
+    mode = ctx.cfg.pacemaker.reference_energy
+    source = ctx.output_hash("step2_active_learning") + ("" if mode == "auto" else f":{mode}")
     e0 = ctx.camp.read_json("metrics/e0")
-    if e0 is None or ctx.camp.read_json("metrics/e0_source") != ctx.output_hash("step2_active_learning"):
+    if e0 is None or ctx.camp.read_json("metrics/e0_source") != source:
         from ..trainer.pacemaker import reference_energies
 
-        dft = ctx.camp.labelled_set("dft", "dft")
-        if ctx.cfg.pacemaker.reference_energy == "zero":
+        if mode == "zero":
             e0 = {el: 0.0 for el in ctx.cfg.system.elements}
         else:
-            e0 = reference_energies(dft, ctx.cfg.system.elements)
+            e0 = reference_energies(ctx.camp.labelled_set("dft", "dft"), ctx.cfg.system.elements)
         ctx.camp.write_json("metrics/e0", e0)
-        ctx.camp.write_json("metrics/e0_source", ctx.output_hash("step2_active_learning"))
+        ctx.camp.write_json("metrics/e0_source", source)
     return e0
 
 
