@@ -1,7 +1,8 @@
 """Step 6: Pacemaker fits the base ACE on the MACE-labelled surrogate set (train rank).
 
-One energy reference (per-element E0 from the DFT labels) is used for this fit, the delta
-fit and the DFT-only comparison, so teacher labels and DFT labels agree on the zero."""
+One energy reference (``pacemaker.reference_energy``: per-element E0 from the DFT labels,
+or zero) is used for this fit, the delta fit and the DFT-only comparison, so teacher labels
+and DFT labels agree on the zero."""
 from __future__ import annotations
 
 import logging
