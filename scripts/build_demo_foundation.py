@@ -51,7 +51,16 @@ repository is not the place for them.
 Usage::
 
     OMP_NUM_THREADS=1 nice python scripts/build_demo_foundation.py [--system Cu|CuAu] \
-        [--stage all|label|train|evaluate] [--epochs N] [--n-structures N]
+        [--stage all|label|train|evaluate] [--epochs N] [--n-structures N] \
+        [--kpt-density D] [--shard I/N] [--workdir DIR] [--models-dir DIR]
+
+Two cores, a denser k-mesh, models kept out of the package (what the README's
+"stand-in's own floor" paragraph measured)::
+
+    for i in 0 1; do OMP_NUM_THREADS=1 python scripts/build_demo_foundation.py --stage label \
+        --kpt-density 3.0 --shard $i/2 --workdir build/demo_foundation_k3 & done; wait
+    OMP_NUM_THREADS=1 python scripts/build_demo_foundation.py --stage train \
+        --kpt-density 3.0 --workdir build/demo_foundation_k3 --models-dir build/demo_foundation_k3/models
 """
 from __future__ import annotations
 
@@ -74,6 +83,8 @@ DATA_OUT = ROOT / "pyacemaker_hpc" / "data"
 
 # level of theory of the stand-in foundation: the demo's settings with LDA instead of PBE
 GPAW_SETTINGS = dict(xc="LDA", ecut=300.0, kpt_density=1.6, smearing=0.1)
+DEFAULT_SETTINGS = dict(GPAW_SETTINGS)  # what the shipped Cu models were labelled with
+MODELS_DIR: Optional[Path] = None       # --models-dir
 ARCH = ["--model", "MACE", "--hidden_irreps", "16x0e+16x1o", "--max_L", "1", "--r_max", "5.0",
         "--num_interactions", "2", "--correlation", "3", "--max_ell", "2",
         "--num_radial_basis", "8", "--num_cutoff_basis", "5"]
@@ -248,27 +259,42 @@ def e0s(workdir: Path, system: System) -> dict:
     return {el: isolated_atom_energy(workdir, el) for el in system.elements}
 
 
-def stage_label(workdir: Path, system: System, n_max: Optional[int]) -> None:
-    from ase.io import read, write
+def label_files(workdir: Path):
+    """The label cache: ``lda_labels.extxyz``, plus one file per ``--shard`` process."""
+    return sorted(workdir.glob("lda_labels*.extxyz"))
+
+
+def read_labels(workdir: Path):
+    from ase.io import read
+
+    return [a for f in label_files(workdir) for a in read(f, index=":")]
+
+
+def stage_label(workdir: Path, system: System, n_max: Optional[int],
+                shard: tuple = (0, 1)) -> None:
+    from ase.io import write
 
     structures = make_structures(system, n_max=n_max)
-    cache = workdir / "lda_labels.extxyz"
-    failed_f = workdir / "failed.json"
-    done = set()
-    if cache.is_file():
-        for a in read(cache, index=":"):
-            done.add(int(a.info["build_index"]))
+    i_shard, n_shard = shard
+    structures = [s for s in structures if s.info["build_index"] % n_shard == i_shard]
+    # shards append to their own file: two processes never write one file
+    cache = workdir / ("lda_labels.extxyz" if n_shard == 1
+                       else f"lda_labels.shard{i_shard}of{n_shard}.extxyz")
+    failed_f = workdir / ("failed.json" if n_shard == 1 else f"failed.shard{i_shard}.json")
+    done = {int(a.info["build_index"]) for a in read_labels(workdir)}
     failed = json.loads(failed_f.read_text()) if failed_f.is_file() else {}
     todo = [s for s in structures if s.info["build_index"] not in done
             and str(s.info["build_index"]) not in failed]
     log(f"label: {len(structures)} structures, {len(done)} cached, {len(todo)} to do")
-    e0s(workdir, system)
+    if i_shard == 0:  # one process computes the isolated atoms
+        e0s(workdir, system)
     t0 = time.time()
     for n, at in enumerate(todo):
         i = at.info["build_index"]
         t = time.time()
         a = at.copy()
-        a.calc = gpaw_calc(str(workdir / "gpaw_last.txt"))
+        a.calc = gpaw_calc(str(workdir / cache.name.replace("lda_labels", "gpaw_last")
+                               .replace(".extxyz", ".txt")))
         try:
             e = float(a.get_potential_energy())
             f = a.get_forces().copy()
@@ -296,13 +322,11 @@ def stage_label(workdir: Path, system: System, n_max: Optional[int]) -> None:
 def split(workdir: Path, system: System):
     """Fixed ~10 % validation split: every 10th structure, counted per kind when the kinds
     are interleaved (a global count would hold out the same few kinds every cycle)."""
-    from ase.io import read
-
     def held_out(a) -> bool:
         k = int(a.info["provenance"].rsplit(":", 1)[1]) if system.interleave else a.info["build_index"]
         return k % 10 == 3
 
-    frames = read(workdir / "lda_labels.extxyz", index=":")
+    frames = read_labels(workdir)
     frames.sort(key=lambda a: a.info["build_index"])
     return [a for a in frames if not held_out(a)], [a for a in frames if held_out(a)]
 
@@ -361,17 +385,33 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, 
 
 
 def out_dir(workdir: Path, system: System) -> Path:
+    if MODELS_DIR is not None:
+        return MODELS_DIR
     return DATA_OUT if system.in_package else workdir / "models"
 
 
-def stage_train(workdir: Path, system: System, epochs: int) -> None:
+def pin_settings(workdir: Path) -> None:
+    """One level of theory per workdir: labels made with other GPAW settings (a different
+    k-point density) must not be mixed into one training set."""
+    f = workdir / "gpaw_settings.json"
+    if not f.is_file():
+        # workdirs labelled before this file existed used the defaults (kpt_density 1.6)
+        had = bool(label_files(workdir))
+        f.write_text(json.dumps(DEFAULT_SETTINGS if had else GPAW_SETTINGS, indent=1))
+    pinned = json.loads(f.read_text())
+    if pinned != GPAW_SETTINGS:
+        sys.exit(f"{workdir} holds labels made with {pinned}; this run asks for {GPAW_SETTINGS}"
+                 " (use another --workdir)")
+
+
+def stage_train(workdir: Path, system: System, epochs: int, members=(0, 1, 2)) -> None:
     train, valid = split(workdir, system)
     e0 = e0s(workdir, system)
     log(f"train: {len(train)} train, {len(valid)} valid structures, E0 = "
         + ", ".join(f"{el} {v:.4f}" for el, v in e0.items()) + " eV")
     out = out_dir(workdir, system)
     out.mkdir(parents=True, exist_ok=True)
-    for seed in (0, 1, 2):
+    for seed in members:
         train_member(workdir, seed, train, valid, epochs, e0, system.tag)
         shutil.copyfile(workdir / f"member_s{seed}" / "final.model",
                         out / f"{system.tag}_demo_foundation_s{seed}.model")
@@ -459,16 +499,33 @@ def main(argv=None) -> None:
     ap.add_argument("--stage", choices=["all", "label", "train", "evaluate"], default="all")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--n-structures", type=int, help="label only the first N of the list")
+    ap.add_argument("--kpt-density", type=float, default=GPAW_SETTINGS["kpt_density"],
+                    help="GPAW k-point density of the LDA labels (default 1.6, what the shipped "
+                         "models used; README: 1.6 leaves tens of meV/atom of k-point noise)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="label stage: every N-th structure from I, into its own file, so N "
+                         "processes can label one workdir side by side")
+    ap.add_argument("--members", type=int, nargs="+", default=[0, 1, 2],
+                    help="train stage: which committee members (one process each side by side)")
+    ap.add_argument("--models-dir", help="where the models and their json go (default "
+                                         "pyacemaker_hpc/data for Cu, <workdir>/models for CuAu)")
     args = ap.parse_args(argv)
+    global MODELS_DIR
+    GPAW_SETTINGS["kpt_density"] = args.kpt_density
+    MODELS_DIR = Path(args.models_dir).resolve() if args.models_dir else None
+    i_shard, n_shard = (int(x) for x in args.shard.split("/"))
+    if not 0 <= i_shard < n_shard:
+        ap.error(f"--shard {args.shard}: need 0 <= I < N")
     system = SYSTEMS[args.system]
     default_wd = "demo_foundation" + ("" if system.tag == "cu" else f"_{system.tag}")
     wd = Path(args.workdir or ROOT / "build" / default_wd)
     wd.mkdir(parents=True, exist_ok=True)
+    pin_settings(wd)
     t0 = time.time()
     if args.stage in ("all", "label"):
-        stage_label(wd, system, args.n_structures)
+        stage_label(wd, system, args.n_structures, (i_shard, n_shard))
     if args.stage in ("all", "train"):
-        stage_train(wd, system, args.epochs)
+        stage_train(wd, system, args.epochs, args.members)
     if args.stage in ("all", "evaluate"):
         stage_evaluate(wd, system)
     log(f"finished stage {args.stage} in {time.time() - t0:.0f} s")
