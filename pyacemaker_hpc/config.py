@@ -6,7 +6,9 @@ that is the submission directory).
 """
 from __future__ import annotations
 
+import ast
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -225,6 +227,45 @@ class DftCfg(_Strict):
     energy: Literal["free", "sigma0"] = "free"
 
 
+def parse_e0s(e0s: str, method: str) -> str:
+    """The ``--E0s`` argument for ``cfg.e0s``; ValueError for anything unusable.
+
+    ``foundation`` / ``estimated`` / ``average`` pass through (``average`` not for
+    multihead); a dict string (JSON or Python, keys atomic numbers or symbols) becomes
+    mace's ``{Z: E0, ...}``.
+    """
+    from ase.data import atomic_numbers
+
+    v = str(e0s).strip()
+    if v.lower() in ("foundation", "estimated"):
+        return v.lower()
+    if v.lower() == "average":
+        if method == "multihead":
+            raise ValueError(
+                "mace.finetune.e0s: 'average' cannot be used with multihead fine-tuning (mace "
+                "refuses it: the replay head needs the foundation's reference). Use 'foundation' "
+                "when your DFT settings match the foundation's, 'estimated' otherwise, or a dict "
+                "of isolated-atom energies in your DFT settings, e.g. '{\"Cu\": -0.18}'.")
+        return "average"
+    try:
+        d = json.loads(v)
+    except ValueError:
+        try:
+            d = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"mace.finetune.e0s: expected foundation, estimated, average or a dict "
+                             f"{{element: E0 in eV}}, got {e0s!r}") from None
+    if not isinstance(d, dict) or not d:
+        raise ValueError(f"mace.finetune.e0s: expected a non-empty dict of E0s, got {e0s!r}")
+    out = {}
+    for k, val in d.items():
+        z = atomic_numbers.get(k) if isinstance(k, str) and not k.isdigit() else int(k)
+        if not z:
+            raise ValueError(f"mace.finetune.e0s: unknown element {k!r}")
+        out[int(z)] = float(val)
+    return "{" + ", ".join(f"{z}: {e!r}" for z, e in sorted(out.items())) + "}"
+
+
 class FinetuneCfg(_Strict):
     method: Literal["naive", "multihead"] = "naive"
     #: multihead: pool structures the foundation labels for the replay head (offline replay)
@@ -241,23 +282,28 @@ class FinetuneCfg(_Strict):
     batch_size: int = Field(4, gt=0)
     valid_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 1
-    #: candidate loss settings (dicts of energy_weight, forces_weight, stress_weight, lr)
+    #: candidate loss settings (dicts of energy_weight, forces_weight, stress_weight, lr, e0s)
     #: cross-validated on the DFT labels before step 3 fine-tunes with the best; empty: the
-    #: weights above are used as they are
-    select_by_validation: list[dict[str, float]] = []
+    #: settings above are used as they are
+    select_by_validation: list[dict[str, float | str]] = []
     cv_folds: int = Field(3, ge=2)
 
-    @field_validator("select_by_validation")
-    @classmethod
-    def _tunable_keys(cls, v):
-        allowed = ("energy_weight", "forces_weight", "stress_weight", "lr")
-        for cand in v:
-            bad = sorted(set(cand) - set(allowed))
+    @model_validator(mode="after")
+    def _tunable_keys(self):
+        parse_e0s(self.e0s, self.method)
+        numeric = ("energy_weight", "forces_weight", "stress_weight", "lr")
+        for cand in self.select_by_validation:
+            bad = sorted(set(cand) - set(numeric) - {"e0s"})
             if bad or not cand:
-                raise ValueError(f"each candidate sets some of {list(allowed)}; got {cand}")
-            if any(x < 0 or (k == "lr" and x == 0) for k, x in cand.items()):
-                raise ValueError(f"weights must be >= 0 and lr > 0; got {cand}")
-        return v
+                raise ValueError(f"select_by_validation: each candidate sets some of "
+                                 f"{[*numeric, 'e0s']}; got {cand}")
+            for k, x in cand.items():
+                if k == "e0s":
+                    parse_e0s(str(x), self.method)  # the error names the key and the choices
+                elif isinstance(x, str) or x < 0 or (k == "lr" and x == 0):
+                    raise ValueError(f"select_by_validation: {k} must be a number, >= 0 (lr > 0); "
+                                     f"got {cand}")
+        return self
 
 
 class MdCfg(_Strict):

@@ -318,3 +318,14 @@ def test_select_by_validation_keys_are_checked():
     with pytest.raises(ValueError, match="energy_weight"):
         FinetuneCfg(select_by_validation=[{"energy_wieght": 10.0}])
     assert FinetuneCfg(select_by_validation=[{"energy_weight": 10.0}, {"lr": 0.001}]).cv_folds == 3
+    # the energy reference is part of the loss: E0s are a candidate key too, checked at once
+    ok = FinetuneCfg(select_by_validation=[{"e0s": "estimated"}, {"e0s": "foundation", "energy_weight": 10}])
+    assert ok.select_by_validation[1] == {"e0s": "foundation", "energy_weight": 10.0}
+    with pytest.raises(ValueError, match="mace.finetune.e0s: expected foundation"):
+        FinetuneCfg(select_by_validation=[{"e0s": "avg"}])
+    with pytest.raises(ValueError, match="multihead"):
+        FinetuneCfg(method="multihead", select_by_validation=[{"e0s": "average"}])
+    with pytest.raises(ValueError, match="must be a number"):
+        FinetuneCfg(select_by_validation=[{"lr": "fast"}])
+    with pytest.raises(ValueError, match="mace.finetune.e0s"):  # the key itself, before any step
+        FinetuneCfg(e0s="avrage")

@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..config import parse_e0s
 from ..core.models import LabelledSet, TrainedModel
 from ..oracle.mace_surrogate import MaceCommittee, pick_device, resolve_model, torch_dtype
 from ..tools.logged_run import run_with_progress
@@ -70,45 +71,6 @@ PREFIX = "REF_"
 
 class MaceTrainError(RuntimeError):
     """mace_run_train failed; the message carries mace's own last error lines."""
-
-
-def parse_e0s(e0s: str, method: str) -> str:
-    """The ``--E0s`` argument for ``cfg.e0s``; ValueError for anything unusable.
-
-    ``foundation`` / ``estimated`` / ``average`` pass through (``average`` not for
-    multihead); a dict string (JSON or Python, keys atomic numbers or symbols) becomes
-    mace's ``{Z: E0, ...}``.
-    """
-    from ase.data import atomic_numbers
-
-    v = str(e0s).strip()
-    if v.lower() in ("foundation", "estimated"):
-        return v.lower()
-    if v.lower() == "average":
-        if method == "multihead":
-            raise ValueError(
-                "mace.finetune.e0s: 'average' cannot be used with multihead fine-tuning (mace "
-                "refuses it: the replay head needs the foundation's reference). Use 'foundation' "
-                "when your DFT settings match the foundation's, 'estimated' otherwise, or a dict "
-                "of isolated-atom energies in your DFT settings, e.g. '{\"Cu\": -0.18}'.")
-        return "average"
-    try:
-        d = json.loads(v)
-    except ValueError:
-        try:
-            d = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"mace.finetune.e0s: expected foundation, estimated, average or a dict "
-                             f"{{element: E0 in eV}}, got {e0s!r}") from None
-    if not isinstance(d, dict) or not d:
-        raise ValueError(f"mace.finetune.e0s: expected a non-empty dict of E0s, got {e0s!r}")
-    out = {}
-    for k, val in d.items():
-        z = atomic_numbers.get(k) if isinstance(k, str) and not k.isdigit() else int(k)
-        if not z:
-            raise ValueError(f"mace.finetune.e0s: unknown element {k!r}")
-        out[int(z)] = float(val)
-    return "{" + ", ".join(f"{z}: {e!r}" for z, e in sorted(out.items())) + "}"
 
 
 def foundation_replay_set(base_model: str, structures: Sequence, *, device: str = "cpu",
