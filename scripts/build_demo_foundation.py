@@ -353,9 +353,11 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, 
     if final.is_file():
         log(f"train s{seed}: {final} exists, kept")
         return json.loads((mdir / "recipe.json").read_text())
-    if mdir.exists():
+    # a member killed mid-training resumes from its latest mace checkpoint (same data)
+    resume = (mdir / "train.xyz").is_file() and any((mdir / "checkpoints").glob("*.pt"))
+    if mdir.exists() and not resume:
         shutil.rmtree(mdir)
-    mdir.mkdir(parents=True)
+    mdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1000 + seed)
     if seed == 0:
         idx = np.arange(len(train))
@@ -377,11 +379,11 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, 
            "--valid_batch_size", "16", "--max_num_epochs", str(epochs),
            "--default_dtype", "float64", "--device", "cpu", "--seed", str(seed),
            "--num_workers", "0", "--error_table", "PerAtomRMSEstressvirials",
-           "--eval_interval", "1"]
+           "--eval_interval", "1", *(["--restart_latest"] if resume else [])]
     t = time.time()
-    log(f"train s{seed}: {how}, {epochs} epochs")
+    log(f"train s{seed}: {how}, {epochs} epochs" + (" (resumed from checkpoint)" if resume else ""))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(mdir / "mace_stdout.txt", "w") as fo:
+    with open(mdir / "mace_stdout.txt", "a" if resume else "w") as fo:
         res = subprocess.run(cmd, cwd=mdir, stdout=fo, stderr=subprocess.STDOUT, env=env)
     if res.returncode != 0:
         tail = (mdir / "mace_stdout.txt").read_text().splitlines()[-20:]

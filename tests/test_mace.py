@@ -52,11 +52,12 @@ def _mixed_cells():
 
 # ----------------------------------------------------------------------------------------
 # uncertainty
-def test_identical_members_have_exactly_zero_spread(tiny_mace_model):
+def test_identical_members_have_zero_spread(tiny_mace_model):
     comm = MaceCommittee([str(tiny_mace_model)] * 2)
     u = comm.uncertainty(perturbed_bulk("Cu", n=4, seed=7) + _compressed_rattled(2, 0.1, 0.3))
-    assert np.array_equal(u.energy_std, np.zeros(6))
-    assert np.array_equal(u.force_std, np.zeros(6))
+    # zero up to the float64 round-off of torch's threaded scatter sums (CI saw 8e-17)
+    assert np.allclose(u.energy_std, 0.0, rtol=0, atol=1e-12)
+    assert np.allclose(u.force_std, 0.0, rtol=0, atol=1e-12)
 
 
 def test_single_member_uncertainty_is_zeros(tiny_mace_model):
