@@ -11,8 +11,8 @@ predicts error...", evidence items.)
 Data: ``/work/shared/data/dft/Cu_gpaw_pbe_4atom.xyz`` (150 GPAW-PBE 4-atom Cu cells; keys
 DFT_energy, DFT_forces, DFT_stress): the first 100 are the pool, the last 50 the held-out set
 (as in DESIGN). Committee: the three demo foundation members (``pyacemaker_hpc/data/
-cu_demo_foundation_s{0,1,2}.model``, trained on GPAW *LDA* Cu, so they carry a real
-LDA-vs-PBE error).
+cu_demo_foundation_s{0,1,2}.model``, trained on GPAW *RPBE* Cu, so they carry a real,
+MACE-MP-0-sized RPBE-vs-PBE error; the README's figures predate it: LDA members).
 
 * ``corr``: Spearman rank correlation between the committee spread (``MaceCommittee.
   uncertainty``: force_std, energy_std) and the first member's actual error against PBE DFT
