@@ -393,7 +393,9 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, 
         src = mdir / f"{tag}_demo.model"
     recipe = {"seed": seed, "data": how, "n_train": int(len(idx)), "epochs": epochs,
               "architecture": arch(channels),
-              "train_seconds": round(time.time() - t, 1), "command": cmd[1:], "source": src.name}
+              "train_seconds": round(time.time() - t, 1), "command": cmd[1:], "source": src.name,
+              # a resumed member's train_seconds cover only the run after the restart
+              "resumed_from_checkpoint": resume}
     (mdir / "recipe.json").write_text(json.dumps(recipe, indent=1))
     shutil.copyfile(src, final)
     log(f"train s{seed}: done in {time.time() - t:.0f} s")
@@ -498,6 +500,7 @@ def stage_evaluate(workdir: Path, system: System) -> dict:
         rec = json.loads((workdir / f"member_s{seed}" / "recipe.json").read_text())
         m = {"file": p.name, "bytes": p.stat().st_size, "seed": seed, "data": rec["data"],
              "epochs": rec["epochs"], "train_seconds": rec["train_seconds"],
+             "resumed_from_checkpoint": rec.get("resumed_from_checkpoint", False),
              "valid_same_level": rmse_block(_predict(p, valid), ve, vf, vs, nat_v, False)}
         if pbe:
             m["vs_gpaw_pbe_4atom"] = rmse_block(_predict(p, pbe), pe, pf, ps, nat_p, True)
