@@ -44,6 +44,8 @@ ACE's best error, and for every distillation budget the DFT-only calls that give
 error, interpolated log-log between measured budgets (issue 9's "its 50-call error with 20
 calls"; never extrapolated: beyond the measured range it is a bound; a DFT-only budget no
 better than a smaller one is skipped, so a noisy baseline point cannot flatter the saving).
+The DFT-only ACE gets the pipeline's ``max_iterations``; whether that budget is converged for
+it (on Cu it was not from 20 calls on) is checked by ``benchmarks/dft_only_budget.py``.
 """
 from __future__ import annotations
 
