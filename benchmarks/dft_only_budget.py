@@ -30,15 +30,16 @@ def refit(campaign_dir: Path, iterations: int, workdir: Path) -> dict:
     from pyacemaker_hpc.campaign import Campaign
     from pyacemaker_hpc.config import load_config
     from pyacemaker_hpc.steps.evaluate import errors
-    from pyacemaker_hpc.steps.tasks import pacemaker_trainer
+    from pyacemaker_hpc.steps.tasks import ace_fit_task
     from pyacemaker_hpc.trainer.pacemaker import predict
 
     cfg = load_config(campaign_dir / "config.yaml")
     cfg.pacemaker.max_iterations = iterations
-    camp = Campaign(campaign_dir / "campaign.h5", readonly=True)
-    e0 = camp.read_json("metrics/e0")
-    dft, holdout = camp.labelled_set("dft", "dft"), camp.labelled_set("holdout", "dft")
-    model = pacemaker_trainer(cfg, e0).fit(dft, str(workdir / "fit"), name="ace_dft_only")
+    with Campaign(campaign_dir / "campaign.h5", readonly=True) as camp:
+        e0 = camp.read_json("metrics/e0")
+        dft, holdout = camp.labelled_set("dft", "dft"), camp.labelled_set("holdout", "dft")
+    # the evaluation step's own fit (same task, same E0 reference), only the budget changed
+    model = ace_fit_task(cfg, e0, dft, str(workdir / "fit"), "ace_dft_only")
     return errors(holdout, predict(model, holdout.structures, str(workdir / "eval")))
 
 
