@@ -283,6 +283,9 @@ class FinetuneCfg(_Strict):
     #: 0.001 took it to 3-5 and the final ACE was as good or better at every N (README)
     lr: float = Field(0.001, gt=0)
     batch_size: int = Field(4, gt=0)
+    #: mace's --ema: the weights used (validated, saved) are an exponential moving average
+    #: over steps with this decay; null: off
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1)
     valid_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 1
     #: candidate loss settings (dicts of energy_weight, forces_weight, stress_weight, lr, e0s)

@@ -162,7 +162,7 @@ def test_naive_finetune_returns_a_loadable_different_model(tiny_mace_model, tmp_
         assert np.isfinite(model.metrics[key]), key
     assert model.metrics["n_train"] + model.metrics["n_valid"] == 6
     cmd = json.loads((tmp_path / "ft" / "command.json").read_text())
-    assert cmd[cmd.index("--multiheads_finetuning") + 1] == "False"
+    assert cmd[cmd.index("--multiheads_finetuning") + 1] == "False" and "--ema" not in cmd
     assert cmd[cmd.index("--stress_key") + 1] == "REF_stress"
     assert cmd[cmd.index("--max_num_epochs") + 1] == "2"
 
@@ -181,7 +181,7 @@ def test_naive_finetune_returns_a_loadable_different_model(tiny_mace_model, tmp_
 def test_multihead_finetune_with_offline_replay(tiny_mace_model, tmp_path):
     data = label_with(perturbed_bulk("Cu", n=5, seed=21))
     replay = foundation_replay_set(str(tiny_mace_model), perturbed_bulk("Cu", n=6, seed=22))
-    cfg = FinetuneCfg(method="multihead", e0s="estimated", batch_size=2)
+    cfg = FinetuneCfg(method="multihead", e0s="estimated", batch_size=2, ema_decay=0.95)
     with pytest.raises(MaceTrainError, match="replay"):
         MaceFinetuner(str(tiny_mace_model), 1, cfg).fit(data, tmp_path / "none")
     model = MaceFinetuner(str(tiny_mace_model), 1, cfg, replay=replay).fit(data, tmp_path / "mh")
@@ -189,6 +189,8 @@ def test_multihead_finetune_with_offline_replay(tiny_mace_model, tmp_path):
     assert cmd[cmd.index("--multiheads_finetuning") + 1] == "True"
     assert cmd[cmd.index("--pt_train_file") + 1] == "replay.xyz"
     assert cmd[cmd.index("--E0s") + 1] == "estimated"
+    assert cmd[cmd.index("--ema") + 1 : cmd.index("--ema") + 3] == ["--ema_decay", "0.95"]
+    assert "Exponential Moving Average with decay: 0.95" in (tmp_path / "mh" / "mace_run_train.out").read_text()
     assert model.metrics["multihead"] == 1.0 and model.metrics["n_replay"] == 6
     comm = MaceCommittee([model.write(tmp_path / "out")[".model"]])
     assert comm._meta[0]["heads"] == ["Default"]  # shipped with the replay head removed

@@ -224,6 +224,8 @@ class MaceFinetuner:
                 "--seed", str(self.seed),
                 "--num_workers", "0", "--eval_interval", "1", "--save_cpu",
                 "--error_table", "PerAtomRMSEstressvirials" if has_stress else "PerAtomRMSE"]
+        if cfg.ema_decay is not None:
+            cmd += ["--ema", "--ema_decay", repr(float(cfg.ema_decay))]
         if cfg.method == "multihead":
             cmd += ["--multiheads_finetuning", "True", "--pt_train_file", str(replay_file),
                     "--force_mh_ft_lr", "True", "--num_samples_pt", str(len(self.replay or []) or 1)]
