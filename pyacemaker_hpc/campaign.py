@@ -427,6 +427,12 @@ class Campaign:
     def has_model(self, name: str) -> bool:
         return self.exists(f"models/{name}")
 
+    def delete(self, h5path: str) -> None:
+        """Remove a group or dataset if present (a step's stale resumable output)."""
+        with self.transaction() as f:
+            if h5path in f:
+                del f[h5path]
+
     def model_names(self) -> list[str]:
         with self.reading() as f:
             return list(f["models"].keys())

@@ -171,3 +171,40 @@ def test_unreadable_file_points_to_snapshot(tmp_path):
         Campaign(path)
     assert "c.h5.prev" in str(e.value) and "cp " in str(e.value)
     assert Campaign(tmp_path / "c.h5.prev", readonly=True).read_json("metrics/a") == 1
+
+
+def test_fresh_start_discards_a_stale_resumable_output(tmp_path):
+    """A step started with new inputs and killed before it overwrote the output an earlier
+    config left must not, on resume, take that output for its own (seen on a campaign
+    copied for a variant: step 3 kept the copied naive model for a multihead config)."""
+    from pyacemaker_hpc.steps.context import Step, StepContext, run_step
+
+    class Fit(Step):
+        name = "fit"
+        value, crash = "a", False
+
+        def inputs(self, ctx):
+            return {"value": self.value}
+
+        def stale_outputs(self, ctx):
+            return ["models/fit_0"]
+
+        def run(self, ctx):
+            if ctx.resuming and ctx.camp.has_model("fit_0"):
+                return ctx.camp.load_model("fit_0").files[".txt"].decode()
+            if self.crash:
+                raise KeyboardInterrupt
+            ctx.camp.store_model(TrainedModel(name="fit_0", kind="toy", files={".txt": self.value.encode()}))
+            return self.value
+
+    with Campaign(tmp_path / "c.h5") as camp:
+        ctx = StepContext(cfg=None, camp=camp, farm=None, workdir=tmp_path, outdir=tmp_path)
+        step = Fit()
+        assert run_step(step, ctx) and camp.step_info("fit")["outputs_sha256"] == "a"
+        step.value, step.crash = "b", True  # new inputs, killed before its model is stored
+        with pytest.raises(KeyboardInterrupt):
+            run_step(step, ctx)
+        assert camp.step_info("fit")["status"] == "interrupted" and not camp.has_model("fit_0")
+        step.crash = False
+        assert run_step(step, ctx) and camp.step_info("fit")["outputs_sha256"] == "b"
+        assert camp.load_model("fit_0").files[".txt"] == b"b"

@@ -63,6 +63,12 @@ class Step:
     def run(self, ctx: StepContext) -> str:
         raise NotImplementedError
 
+    def stale_outputs(self, ctx: StepContext) -> list[str]:
+        """Campaign paths that ``run`` reuses when resuming. They are removed before a fresh
+        start: an attempt with other inputs may have left them, and if the fresh attempt is
+        killed before overwriting them, its resume must not take them for its own."""
+        return []
+
 
 def run_step(step: Step, ctx: StepContext) -> bool:
     """Run ``step`` unless it is done with identical inputs. Returns True if it ran."""
@@ -73,6 +79,9 @@ def run_step(step: Step, ctx: StepContext) -> bool:
         return False
     ctx.resuming = info.get("status") not in (DONE, PENDING, None) and info.get("inputs_sha256") == h
     log.info("[%s] %s", step.name, "resuming" if ctx.resuming else "starting")
+    if not ctx.resuming:
+        for path in step.stale_outputs(ctx):
+            ctx.camp.delete(path)
     t0 = time.time()
     ctx.camp.set_step(step.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       inputs_sha256=h, error="", finished="")

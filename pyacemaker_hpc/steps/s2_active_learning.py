@@ -123,6 +123,9 @@ class ActiveLearning(Step):
                 "dft": dft_settings_key(ctx), "existing": existing_data_key(ctx),
                 "upstream": ctx.output_hash("step1_sampling")}
 
+    def stale_outputs(self, ctx):
+        return ["uncertainty/selected"]
+
     def run(self, ctx):
         cfg, camp = ctx.cfg, ctx.camp
         selected = camp.read_structures("selected")

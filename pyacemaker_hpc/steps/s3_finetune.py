@@ -85,6 +85,12 @@ class Finetune(Step):
                 "finetune": cfg.section_dict("mace.finetune"), "k": cfg.mace.committee_size,
                 "dtype": cfg.mace.default_dtype, "upstream": ctx.output_hash("step2_active_learning")}
 
+    def stale_outputs(self, ctx):
+        # every fine-tuned member an earlier config made (it may have had more members)
+        old = [f"models/{n}" for n in ctx.camp.model_names() if n.startswith("mace_ft_")] \
+            if ctx.camp.exists("models") else []
+        return [*old, "metrics/finetune_selection", "labels/replay", "structures/replay"]
+
     def run(self, ctx):
         from ..oracle.mace_surrogate import resolve_model
 

@@ -47,6 +47,9 @@ class DeltaLearning(Step):
                 "select": [cfg.pacemaker.select_weight_dft, cfg.pacemaker.cv_folds],
                 "upstream": [ctx.output_hash("step6_base_ace"), ctx.output_hash("step2_active_learning")]}
 
+    def stale_outputs(self, ctx):
+        return ["metrics/weight_dft_selection"]
+
     def run(self, ctx):
         cfg, camp = ctx.cfg, ctx.camp
         base = camp.load_model("ace_base")
