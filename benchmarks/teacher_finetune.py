@@ -59,6 +59,7 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
     from pyacemaker_hpc.config import load_config
     from pyacemaker_hpc.oracle.mace_surrogate import resolve_model
     from pyacemaker_hpc.steps.evaluate import errors
+    from pyacemaker_hpc.steps.s3_finetune import replay_pick
     from pyacemaker_hpc.steps.tasks import finetune_task
     from pyacemaker_hpc.trainer.mace_finetune import foundation_replay_set
 
@@ -74,9 +75,8 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
     base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
     replay = None
     if cfg.mace.finetune.method == "multihead":  # step 3's replay: foundation labels on pool cells
-        n = min(cfg.mace.finetune.replay_size, len(pool))
-        pick = np.sort(np.random.default_rng(cfg.seed + 3).choice(len(pool), size=n, replace=False))
-        replay = foundation_replay_set(base, [pool[i] for i in pick], default_dtype=cfg.mace.default_dtype)
+        replay = foundation_replay_set(base, [pool[i] for i in replay_pick(cfg, len(pool))],
+                                       default_dtype=cfg.mace.default_dtype)
     paths = []
     for k in range(members):
         name = f"mace_ft_{k}"

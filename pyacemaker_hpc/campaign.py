@@ -427,15 +427,18 @@ class Campaign:
     def has_model(self, name: str) -> bool:
         return self.exists(f"models/{name}")
 
-    def delete(self, h5path: str) -> None:
-        """Remove a group or dataset if present (a step's stale resumable output)."""
-        with self.transaction() as f:
-            if h5path in f:
-                del f[h5path]
+    def delete(self, *h5paths: str) -> None:
+        """Remove the groups or datasets present (a step's stale resumable outputs); one
+        commit, and none (no copy of the file) when nothing is there."""
+        present = [p for p in h5paths if self.exists(p)]
+        if present:
+            with self.transaction() as f:
+                for p in present:
+                    del f[p]
 
     def model_names(self) -> list[str]:
         with self.reading() as f:
-            return list(f["models"].keys())
+            return list(f["models"].keys()) if "models" in f else []
 
 
 # ---------------------------------------------------------------------------------------

@@ -80,8 +80,7 @@ def run_step(step: Step, ctx: StepContext) -> bool:
     ctx.resuming = info.get("status") not in (DONE, PENDING, None) and info.get("inputs_sha256") == h
     log.info("[%s] %s", step.name, "resuming" if ctx.resuming else "starting")
     if not ctx.resuming:
-        for path in step.stale_outputs(ctx):
-            ctx.camp.delete(path)
+        ctx.camp.delete(*step.stale_outputs(ctx))
     t0 = time.time()
     ctx.camp.set_step(step.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       inputs_sha256=h, error="", finished="")

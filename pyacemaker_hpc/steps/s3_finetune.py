@@ -24,6 +24,12 @@ def finetuned_names(ctx: StepContext) -> list[str]:
     return [f"mace_ft_{k}" for k in range(ctx.cfg.mace.committee_size)]
 
 
+def replay_pick(cfg, n_pool: int) -> np.ndarray:
+    """Indices of the pool cells that make the multihead replay set (seeded, sorted)."""
+    n = min(cfg.mace.finetune.replay_size, n_pool)
+    return np.sort(np.random.default_rng(cfg.seed + 3).choice(n_pool, size=n, replace=False))
+
+
 def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
     """multihead only: the foundation's labels on a seeded sample of the step-1 pool."""
     from ..oracle.mace_surrogate import pick_device
@@ -34,9 +40,7 @@ def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
     if ctx.resuming and camp.has_labels("replay", "foundation"):
         return camp.labelled_set("replay", "foundation")
     pool = camp.read_structures("pool")
-    n = min(cfg.mace.finetune.replay_size, len(pool))
-    pick = np.sort(np.random.default_rng(cfg.seed + 3).choice(len(pool), size=n, replace=False))
-    structures = [pool[i] for i in pick]
+    structures = [pool[i] for i in replay_pick(cfg, len(pool))]
     out = {}
 
     def on_result(k, res):
@@ -50,7 +54,7 @@ def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
     camp.write_structures("replay", structures)
     camp.init_labels("replay", "foundation", keep_existing=False)
     camp.put_labels("replay", "foundation", dict(enumerate(out[0])))
-    log.info("[step3] multihead replay set: foundation labels on %d pool structures", n)
+    log.info("[step3] multihead replay set: foundation labels on %d pool structures", len(structures))
     return camp.labelled_set("replay", "foundation")
 
 
@@ -87,8 +91,7 @@ class Finetune(Step):
 
     def stale_outputs(self, ctx):
         # every fine-tuned member an earlier config made (it may have had more members)
-        old = [f"models/{n}" for n in ctx.camp.model_names() if n.startswith("mace_ft_")] \
-            if ctx.camp.exists("models") else []
+        old = [f"models/{n}" for n in ctx.camp.model_names() if n.startswith("mace_ft_")]
         return [*old, "metrics/finetune_selection", "labels/replay", "structures/replay"]
 
     def run(self, ctx):
