@@ -32,7 +32,8 @@ def tiny_config(tmp: Path, base_model: str, committee: list[str], *, sleep: floa
         "dft": {"ase": {"import_path": "counting_calc.CountingEMT",
                         "kwargs": {"log_file": str(tmp / "dft_calls.log"), "sleep": sleep}}},
         "mace": {"committee": committee, "device": "cpu",
-                 "finetune": {"batch_size": 2},
+                 # naive: seconds per fine-tune; the multihead default has its own pipeline test
+                 "finetune": {"batch_size": 2, "method": "naive"},
                  "md": {"temperatures": [300, 1000], "strains": [0.0], "steps": 20, "sample_interval": 5,
                         "replicas_per_temperature": 1}},
         "pacemaker": {"preset": "tiny", "max_iterations": 15, "delta_max_iterations": 10},

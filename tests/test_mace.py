@@ -216,7 +216,7 @@ def test_mace_failure_carries_mace_error(tiny_mace_model, tmp_path):
                     "echo 'ValueError: something mace said' >&2\nexit 3\n")
     fake.chmod(0o755)
     data = label_with(perturbed_bulk("Cu", n=3, seed=1))
-    ft = MaceFinetuner(str(tiny_mace_model), 1, FinetuneCfg(), mace_run_train=str(fake))
+    ft = MaceFinetuner(str(tiny_mace_model), 1, FinetuneCfg(method="naive"), mace_run_train=str(fake))
     with pytest.raises(MaceTrainError, match="something mace said") as err:
         ft.fit(data, tmp_path / "fail")
     assert "exit status 3" in str(err.value)
