@@ -208,3 +208,27 @@ def test_fresh_start_discards_a_stale_resumable_output(tmp_path):
         step.crash = False
         assert run_step(step, ctx) and camp.step_info("fit")["outputs_sha256"] == "b"
         assert camp.load_model("fit_0").files[".txt"] == b"b"
+
+
+def test_new_dft_values_on_the_same_picks_change_step2s_output():
+    """Step 2's output hash enters steps 3-7's inputs: new DFT settings that relabel the same
+    picks (new energies, forces or stress; same structures and statuses) must change it, or
+    the steps trained on the old labels are taken for up to date. Identical labels keep it."""
+    from pyacemaker_hpc.core.models import LabelledSet
+    from pyacemaker_hpc.steps.s2_active_learning import labels_digest
+
+    structures = _structures(3)
+    for a in structures:
+        a.info["uid"] = structure_uid(a)
+
+    def labelled(shift=0.0, force_scale=1.0, stress_shift=0.0):
+        labels = [Label(energy=-3.5 * len(a) + shift, forces=force_scale * np.full((len(a), 3), 0.1 * k),
+                        stress=np.full(6, 0.01 + stress_shift)) for k, a in enumerate(structures)]
+        labels.append(Label.failed("scf"))
+        return LabelledSet([*structures, structures[0]], labels)
+
+    ref = labels_digest(labelled())
+    assert labels_digest(labelled()) == ref
+    assert labels_digest(labelled(shift=1e-4)) != ref
+    assert labels_digest(labelled(force_scale=1.01)) != ref
+    assert labels_digest(labelled(stress_shift=1e-5)) != ref

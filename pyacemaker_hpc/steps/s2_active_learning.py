@@ -113,6 +113,17 @@ def pick_random(unc: Uncertainty, threshold: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed + 2).choice(len(unc.force_std), size=n, replace=False))
 
 
+def labels_digest(ls: LabelledSet) -> str:
+    """Step 2's output identity: the structures, their status *and* their values. With the
+    uids and statuses alone, new DFT settings that change the labels but not the picks left
+    steps 3-7 trained on the old labels and taken for up to date."""
+    def values(x):
+        return None if x is None else np.round(np.asarray(x, dtype=float), 10).ravel().tolist()
+
+    return digest([[a.info["uid"], lab.status, values(lab.energy), values(lab.forces), values(lab.stress)]
+                   for a, lab in zip(ls.structures, ls.labels)])
+
+
 class ActiveLearning(Step):
     name = "step2_active_learning"
 
@@ -164,4 +175,4 @@ class ActiveLearning(Step):
             "force_std_threshold": float(unc.force_std[idx].min()) if len(idx) else None})
         if counts["done"] == 0:
             raise RuntimeError("every DFT calculation failed: see /labels/dft/dft/error in the campaign")
-        return digest([a.info["uid"] for a in ls.structures] + [lab.status for lab in ls.labels])
+        return labels_digest(ls)
