@@ -378,3 +378,31 @@ def test_stratified_dft_pick_spreads_over_descriptor_space():
 
     dire = pick_direct(unc, 0.9, X, seed=0)  # DIRECT: both regions, committee ignored
     assert len(dire) == 6 and any(i >= 30 for i in dire) and any(i < 30 for i in dire)
+
+
+def test_volume_anchors_put_both_ends_of_the_equation_of_state_among_the_dft_picks():
+    """``mace.volume_anchors``: the most compressed and the most expanded cell replace the
+    least uncertain picks (same count); a vacancy, which inflates the volume per atom but
+    not the bonds, is not taken for an expanded cell; fewer than 4 picks stay as chosen."""
+    from ase.build import bulk
+
+    from pyacemaker_hpc.steps.s2_active_learning import bond_scale, with_volume_anchors
+
+    base = bulk("Cu", "fcc", a=3.61, cubic=True)
+    cells = []
+    for k, strain in enumerate(np.linspace(-0.04, 0.04, 9)):
+        a = base.copy()
+        a.set_cell(a.cell * (1 + strain), scale_atoms=True)
+        a.rattle(0.01, seed=k)
+        cells.append(a)
+    vacancy = base.copy()
+    del vacancy[0]
+    cells.append(vacancy)  # index 9: largest volume per atom, equilibrium bonds
+    assert vacancy.get_volume() / len(vacancy) > max(c.get_volume() / len(c) for c in cells[:9])
+    assert abs(bond_scale(vacancy) - bond_scale(base)) < 1e-9 and bond_scale(cells[8]) > bond_scale(vacancy)
+    picks = np.array([4, 5, 3, 6, 2])  # most uncertain first, both ends missing
+    out = with_volume_anchors(picks, cells)
+    assert len(out) == 5 and set(out.tolist()) == {4, 5, 3, 0, 8}  # 6 and 2 (least uncertain) gave way
+    assert out[0] == 4  # the most uncertain pick stays first
+    assert np.array_equal(with_volume_anchors(np.array([0, 8, 4, 5]), cells), [0, 8, 4, 5])  # already there
+    assert np.array_equal(with_volume_anchors(np.array([4, 5, 3]), cells), [4, 5, 3])  # too few picks
