@@ -406,3 +406,8 @@ def test_volume_anchors_put_both_ends_of_the_equation_of_state_among_the_dft_pic
     assert out[0] == 4  # the most uncertain pick stays first
     assert np.array_equal(with_volume_anchors(np.array([0, 8, 4, 5]), cells), [0, 8, 4, 5])  # already there
     assert np.array_equal(with_volume_anchors(np.array([4, 5, 3]), cells), [4, 5, 3])  # too few picks
+    from ase import Atoms
+
+    lone = Atoms("Cu", positions=[[0, 0, 0]], cell=[20, 20, 20], pbc=False)  # no bonds: never an anchor
+    assert np.isnan(bond_scale(lone))
+    assert set(with_volume_anchors(picks, cells + [lone]).tolist()) == {4, 5, 3, 0, 8}

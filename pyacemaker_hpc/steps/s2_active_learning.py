@@ -135,7 +135,7 @@ def bond_scale(atoms) -> float:
     nearest = np.full(len(atoms), np.inf)
     np.minimum.at(nearest, i, x)
     shell = x < 1.3 * nearest[i]
-    return float(np.median(x[shell])) if shell.any() else float("inf")
+    return float(np.median(x[shell])) if shell.any() else float("nan")  # no bonds: no scale
 
 
 def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4) -> np.ndarray:
@@ -145,7 +145,9 @@ def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4) -
     if len(picks) < min_picks or len(structures) <= len(picks):
         return np.asarray(picks, dtype=int)
     scale = np.array([bond_scale(a) for a in structures])
-    anchors = list(dict.fromkeys([int(np.argmin(scale)), int(np.argmax(scale))]))
+    if np.isfinite(scale).sum() < 2:
+        return np.asarray(picks, dtype=int)
+    anchors = list(dict.fromkeys([int(np.nanargmin(scale)), int(np.nanargmax(scale))]))
     missing = [a for a in anchors if a not in picks]
     if not missing:
         return np.asarray(picks, dtype=int)
