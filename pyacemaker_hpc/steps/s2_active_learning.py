@@ -22,7 +22,7 @@ drawn uniformly (seeded) from the step-1 selection, the committee ignored.
 uncertain picks for the selection's most compressed and most expanded cell, so the few DFT
 energies span the equation of state. Uncertainty favours distorted, compressed cells
 (large forces): on Cu at 10 calls a seed whose picks stopped at 12.0 A^3/atom left its
-final ACE 35 meV/atom off on the held-out cells above 12.8, where the teacher keeps the
+final ACE 34 meV/atom low on the held-out cells above 12.8, where the teacher keeps the
 foundation's systematic E(V) error. "Expanded" is the median first-shell bond length in
 units of the pair's covalent radii (``bond_scale``), not the volume per atom, which a
 vacancy inflates.
