@@ -149,11 +149,9 @@ def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4) -
         return np.asarray(picks, dtype=int)
     anchors = list(dict.fromkeys([int(np.nanargmin(scale)), int(np.nanargmax(scale))]))
     missing = [a for a in anchors if a not in picks]
-    if not missing:
-        return np.asarray(picks, dtype=int)
-    keep = [i for i in picks if i in anchors]
-    others = [i for i in picks if i not in anchors][: len(picks) - len(keep) - len(missing)]
-    return np.asarray([i for i in picks if i in set(others) | set(keep)] + missing, dtype=int)
+    droppable = [i for i in picks if i not in anchors]
+    dropped = set(droppable[len(droppable) - len(missing):])  # the least uncertain non-anchors
+    return np.asarray([i for i in picks if i not in dropped] + missing, dtype=int)
 
 
 def labels_digest(ls: LabelledSet) -> str:
