@@ -28,6 +28,11 @@ def _run(config: Path, nranks: int = 0, timeout: float = 900) -> subprocess.Comp
 _steps = step_attrs
 
 
+def _model_sha(h5: Path, name: str) -> dict:
+    with h5py.File(h5, "r") as f:
+        return {k: ds.attrs["sha256"] for k, ds in f["models"][name].items()}
+
+
 @pytest.fixture(scope="module")
 def serial_run(tmp_path_factory, tiny_mace_model, tiny_mace_committee):
     tmp = tmp_path_factory.mktemp("serial")
@@ -98,12 +103,16 @@ def test_changing_step7_reruns_only_step7(serial_run, tmp_path):
     cfg.write_text(yaml.safe_dump(data))
     before = _steps(tmp / "campaign.h5")
     n_calls = len(dft_calls(tmp))
+    baseline_before = _model_sha(tmp / "campaign.h5", "ace_dft_only")
     res = _run(cfg)
     assert res.returncode == 0, res.stderr[-3000:]
     after = _steps(tmp / "campaign.h5")
     rerun = [s for s in ALL_STEPS if after[s]["finished"] != before[s]["finished"]]
     assert rerun == ["step7_delta_learning", "evaluate"]
     assert len(dft_calls(tmp)) == n_calls
+    # the DFT-only baseline does not depend on step 7: evaluated again, not refitted
+    assert "inputs unchanged, the stored fit is reused" in res.stdout + res.stderr
+    assert _model_sha(tmp / "campaign.h5", "ace_dft_only") == baseline_before
     with h5py.File(tmp / "campaign.h5", "r") as f:
         sel = json.loads(f["metrics/weight_dft_selection"][()])
         final = json.loads(f["models/ace_final"].attrs["metrics"])
@@ -131,7 +140,9 @@ def test_changing_the_energy_reference_refits_from_step6(serial_run):
     with h5py.File(tmp / "campaign.h5", "r") as f:
         assert json.loads(f["metrics/e0"][()]) == {el: 0.0 for el in e0_auto}
         base = json.loads(f["models/ace_base"].attrs["metrics"])
+        baseline = json.loads(f["models/ace_dft_only"].attrs["metrics"])
     assert all(base[f"e0_{el}"] == 0.0 for el in e0_auto), base
+    assert all(baseline[f"e0_{el}"] == 0.0 for el in e0_auto), baseline  # refitted on the new E0
 
 @pytest.mark.mpirun
 def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, tiny_mace_committee):
@@ -139,7 +150,8 @@ def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, t
     repeated (at most the one in flight), the campaign completes. Fine-tuning is multihead
     here: its offline replay set (the foundation's labels on pool cells) is made in step 3."""
     cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7,
-                      **{"mace.finetune.method": "multihead", "mace.finetune.replay_size": 8})
+                      **{"mace.finetune.method": "multihead", "mace.finetune.replay_size": 8,
+                         "evaluation.compare_dft_only": False})  # the serial tests cover the baseline
     proc = start_until_dft_calls(cfg, tmp_path, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

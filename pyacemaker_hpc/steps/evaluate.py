@@ -201,6 +201,30 @@ def ace_predictions(ctx: StepContext, name: str, structures: list) -> list[Label
     return predict(ctx.camp.load_model(name), structures, str(ctx.workdir / "eval" / name))
 
 
+#: what the DFT-only ACE depends on in ``pacemaker`` (step 7's keys change nothing of it)
+DFT_ONLY_FIT_KEYS = ("preset", "number_of_functions_per_element", "cutoff", "max_iterations", "kappa",
+                     "evaluator", "reference_energy", "extra_input")
+
+
+def dft_only_ace(ctx: StepContext, dft: LabelledSet, e0: dict) -> None:
+    """Fit the DFT-only baseline into ``/models/ace_dft_only`` unless the stored one has the
+    same inputs: tuning step 7 re-runs the evaluation, and refitting an unchanged baseline
+    there cost a full pacemaker fit every time."""
+    from .s2_active_learning import labels_digest
+
+    pm = ctx.cfg.section_dict("pacemaker")
+    key = digest({"pacemaker": {k: pm.get(k) for k in DFT_ONLY_FIT_KEYS}, "elements": ctx.cfg.system.elements,
+                  "e0": e0, "dft": labels_digest(dft)})
+    if "ace_dft_only" in ctx.camp.model_names() and \
+            ctx.camp.load_model("ace_dft_only").metrics.get("inputs_sha256") == key:
+        log.info("[evaluate] ACE on DFT labels only: inputs unchanged, the stored fit is reused")
+        return
+    model = ctx.farm.run_one("train", ace_fit_task, ctx.cfg, e0, dft,
+                             str(ctx.workdir / "pacemaker" / "ace_dft_only"), "ace_dft_only")
+    model.metrics["inputs_sha256"] = key
+    ctx.camp.store_model(model)
+
+
 class Evaluate(Step):
     name = "evaluate"
 
@@ -251,9 +275,7 @@ class Evaluate(Step):
             summary["learning_curve"] = plain_loop_curve(ctx, ho)
         record("ace_final", "final ACE", ace_predictions(ctx, "ace_final", ho.structures))
         if cfg.evaluation.compare_dft_only and cfg.distillation.enable_mace_distillation:
-            model = ctx.farm.run_one("train", ace_fit_task, cfg, energy_reference(ctx), dft,
-                                     str(ctx.workdir / "pacemaker" / "ace_dft_only"), "ace_dft_only")
-            camp.store_model(model)
+            dft_only_ace(ctx, dft, energy_reference(ctx))
             record("ace_dft_only", "ACE on DFT labels only", ace_predictions(ctx, "ace_dft_only", ho.structures))
         camp.write_json("metrics/evaluation", summary)
         print_table(summary)
