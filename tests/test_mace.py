@@ -332,3 +332,40 @@ def test_select_by_validation_keys_are_checked():
         FinetuneCfg(select_by_validation=[{"lr": "fast"}])
     with pytest.raises(ValueError, match="mace.finetune.e0s"):  # the key itself, before any step
         FinetuneCfg(e0s="avrage")
+
+
+def test_teacher_energy_shift_is_per_element_and_reaches_only_the_ace_fits(tmp_path):
+    """Step 5's shift of the teacher onto the DFT picks: one least-squares constant per
+    element (a binary's compositions separate them), failed DFT ignored; steps 6-7 read
+    shifted labels through ``teacher_labels`` while the stored labels stay the teacher's."""
+    from types import SimpleNamespace
+
+    from pyacemaker_hpc.campaign import Campaign
+    from pyacemaker_hpc.core.models import Label
+    from pyacemaker_hpc.steps.s5_label import energy_shift, teacher_labels
+
+    cells = []
+    for n_au in range(4):  # Cu4, Cu3Au, Cu2Au2, CuAu3
+        a = bulk("Cu", "fcc", a=3.6 + 0.1 * n_au, cubic=True)
+        for i in range(n_au):
+            a[i].symbol = "Au"
+        cells.append(a)
+    teacher = [Label(energy=-3.0 * len(a) + 0.01 * i, forces=np.zeros((len(a), 3))) for i, a in enumerate(cells)]
+    true = {"Cu": 0.05, "Au": -0.12}
+    dft = [Label(energy=t.energy + sum(true[s] for s in a.get_chemical_symbols()), forces=t.forces)
+           for a, t in zip(cells, teacher)]
+    dft_set = LabelledSet(cells + [cells[0]], dft + [Label.failed("scf did not converge")])
+    shift = energy_shift(dft_set, teacher + [teacher[0]], ["Cu", "Au"])
+    assert shift["n_dft"] == 4
+    assert shift["shift_eV_per_atom"] == pytest.approx(true, abs=1e-9)
+    assert shift["rms_after_meV_atom"] < 1e-6 < shift["rms_before_meV_atom"]
+
+    with Campaign(tmp_path / "c.h5") as camp:
+        camp.write_structures("surrogate", cells)
+        camp.init_labels("surrogate", "mace")
+        camp.put_labels("surrogate", "mace", dict(enumerate(teacher)))
+        camp.write_json("metrics/teacher_energy_shift", shift)
+        ctx = lambda on: SimpleNamespace(camp=camp, cfg=SimpleNamespace(mace=SimpleNamespace(shift_teacher_to_dft=on)))  # noqa: E731
+        assert [lab.energy for lab in teacher_labels(ctx(True)).labels] == pytest.approx([d.energy for d in dft])
+        assert [lab.energy for lab in teacher_labels(ctx(False)).labels] == [t.energy for t in teacher]
+        assert [lab.energy for lab in camp.read_labels("surrogate", "mace")] == [t.energy for t in teacher]

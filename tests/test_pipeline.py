@@ -148,9 +148,11 @@ def test_changing_the_energy_reference_refits_from_step6(serial_run):
 def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, tiny_mace_committee):
     """mpirun -n 2; SIGKILL the job while step 2 runs DFT; re-run: no finished DFT call is
     repeated (at most the one in flight), the campaign completes. Fine-tuning is multihead
-    here: its offline replay set (the foundation's labels on pool cells) is made in step 3."""
+    here: its offline replay set (the foundation's labels on pool cells) is made in step 3;
+    step 5 shifts the teacher's energies onto the DFT picks (``mace.shift_teacher_to_dft``)."""
     cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7,
                       **{"mace.finetune.method": "multihead", "mace.finetune.replay_size": 8,
+                         "mace.shift_teacher_to_dft": True,
                          "evaluation.compare_dft_only": False})  # the serial tests cover the baseline
     proc = start_until_dft_calls(cfg, tmp_path, 3)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -172,4 +174,7 @@ def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, t
         assert (f["labels/replay/foundation/status"][()].astype(str) == "done").all()
         ev = json.loads(f["metrics/evaluation"][()])
         assert json.loads(f["models/mace_ft_0"].attrs["metrics"])["multihead"] == 1.0
+        shift = json.loads(f["metrics/teacher_energy_shift"][()])  # step 5 on the DFT picks
+        assert shift["n_dft"] == f["structures/dft"].attrs["n"]
+        assert shift["rms_after_meV_atom"] <= shift["rms_before_meV_atom"]
     assert ev["drift_from_foundation"]["method"] == "multihead"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from .context import Step, StepContext
+from .s5_label import teacher_labels
 from .tasks import ace_fit_task
 
 log = logging.getLogger("pyacemaker_hpc")
@@ -50,7 +51,7 @@ class BaseAce(Step):
     def run(self, ctx):
         camp = ctx.camp
         e0 = energy_reference(ctx)
-        train = camp.labelled_set("surrogate", "mace")
+        train = teacher_labels(ctx)
         model = ctx.farm.run_one("train", ace_fit_task, ctx.cfg, e0, train,
                                  str(ctx.workdir / "pacemaker" / "ace_base"), "ace_base")
         camp.store_model(model)

@@ -9,6 +9,7 @@ import logging
 from dataclasses import replace
 
 from .context import Step
+from .s5_label import teacher_labels
 from .s6_base_ace import energy_reference
 from .tasks import delta_task, weight_dft_selection_task
 
@@ -56,7 +57,7 @@ class DeltaLearning(Step):
         if not cfg.distillation.step7_pacemaker_finetune.enable:
             final = replace(base, name="ace_final", metrics={**base.metrics, "delta": "disabled"})
         else:
-            sur, dft = camp.labelled_set("surrogate", "mace"), camp.labelled_set("dft", "dft")
+            sur, dft = teacher_labels(ctx), camp.labelled_set("dft", "dft")
             weight = choose_weight_dft(ctx, base, sur, dft)
             final = ctx.farm.run_one("train", delta_task, cfg, energy_reference(ctx), base, sur, dft,
                                      str(ctx.workdir / "pacemaker" / "ace_final"), weight)
