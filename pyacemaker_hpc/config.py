@@ -354,6 +354,10 @@ class MaceCfg(_Strict):
     #: place of the least uncertain picks, so the DFT energies span the equation of state.
     #: Measured (Cu, 3 seeds): final ACE energy 6.5 -> 2.5 meV/atom at 10 calls, 1.4 -> 0.9 at 20
     volume_anchors: bool = True
+    #: with volume_anchors: the selection's cell closest to an ideal lattice at its median bond
+    #: scale (spread of first-shell bond lengths) joins the anchors; uncertainty picks
+    #: are strongly distorted (Cu: force RMS 1-7 eV/A against 0-1.9 on held-out cells)
+    equilibrium_anchor: bool = False
     #: step 5: shift the teacher's energy labels by one least-squares constant per element
     #: onto the DFT labels of the step-2 picks, so that steps 6-7 do not fit a constant
     #: teacher-DFT offset (the fine-tuned teacher's mean error on its own DFT picks was

@@ -411,3 +411,27 @@ def test_volume_anchors_put_both_ends_of_the_equation_of_state_among_the_dft_pic
     lone = Atoms("Cu", positions=[[0, 0, 0]], cell=[20, 20, 20], pbc=False)  # no bonds: never an anchor
     assert np.isnan(bond_scale(lone))
     assert set(with_volume_anchors(picks, cells + [lone]).tolist()) == {4, 5, 3, 0, 8}
+
+
+def test_equilibrium_anchor_is_the_least_distorted_cell_at_the_seeds_bond_scale():
+    """``mace.equilibrium_anchor``: besides both ends, the cell nearest an ideal lattice at
+    the seeds' bond scale joins the picks; a strongly rattled cell at that volume does not
+    count as one, nor does an ideal but strained cell."""
+    from ase.build import bulk
+
+    from pyacemaker_hpc.steps.s2_active_learning import bond_spread, with_volume_anchors
+
+    seed = bulk("Cu", "fcc", a=3.61, cubic=True)
+    cells = []
+    for k, (strain, rattle) in enumerate([(-0.05, 0.02), (0.0, 0.15), (0.0, 0.1), (0.02, 0.0),
+                                          (0.0, 0.01), (0.05, 0.02), (-0.02, 0.12)]):
+        a = seed.copy()
+        a.set_cell(a.cell * (1 + strain), scale_atoms=True)
+        if rattle:
+            a.rattle(rattle, seed=k)
+        cells.append(a)
+    assert bond_spread(cells[3]) < 1e-9 < bond_spread(cells[4]) < bond_spread(cells[2])
+    picks = np.array([1, 2, 6, 3])  # most uncertain first; neither end, nor cell 4
+    assert set(with_volume_anchors(picks, cells).tolist()) == {1, 2, 0, 5}
+    out = with_volume_anchors(picks, cells, equilibrium=[seed])
+    assert len(out) == 4 and set(out.tolist()) == {1, 0, 5, 4}  # cell 4, not the strained ideal 3

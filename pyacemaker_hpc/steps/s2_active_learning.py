@@ -37,6 +37,7 @@ from ..core.models import LabelledSet, Uncertainty, structure_uid
 from ..parallel import TaskFailed
 from .context import Step, StepContext, digest
 from .labelling import dft_settings_key, existing_data_key, import_existing_dft, label_set_with_dft
+from .s1_sampling import seed_structures
 from .tasks import uncertainty_task
 
 log = logging.getLogger("pyacemaker_hpc")
@@ -122,10 +123,9 @@ def pick_random(unc: Uncertainty, threshold: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed + 2).choice(len(unc.force_std), size=n, replace=False))
 
 
-def bond_scale(atoms) -> float:
-    """Median first-shell bond length in units of the pair's covalent radii sum: below 1
-    compressed, above expanded. The first shell (bonds within 1.3x each atom's shortest)
-    keeps rattling from passing for compression; vacancies and composition do not count."""
+def first_shell(atoms) -> np.ndarray:
+    """First-shell bond lengths in units of each pair's covalent radii sum (bonds within 1.3x
+    each atom's shortest): rattling and shear spread them, strain moves them together."""
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
 
@@ -134,20 +134,41 @@ def bond_scale(atoms) -> float:
     x = d / (r[i] + r[j])
     nearest = np.full(len(atoms), np.inf)
     np.minimum.at(nearest, i, x)
-    shell = x < 1.3 * nearest[i]
-    return float(np.median(x[shell])) if shell.any() else float("nan")  # no bonds: no scale
+    return x[x < 1.3 * nearest[i]]
 
 
-def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4) -> np.ndarray:
+def bond_scale(atoms) -> float:
+    """Median first-shell bond length over the covalent radii: below 1 compressed, above
+    expanded. Rattling does not pass for compression; vacancies and composition do not count."""
+    x = first_shell(atoms)
+    return float(np.median(x)) if len(x) else float("nan")  # no bonds: no scale
+
+
+def bond_spread(atoms) -> float:
+    """Relative spread (std / median) of the first-shell bond lengths: 0 for an ideal or
+    isotropically strained lattice, growing with rattling and shear."""
+    x = first_shell(atoms)
+    return float(np.std(x) / np.median(x)) if len(x) else float("nan")
+
+
+def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4,
+                        equilibrium: list | None = None) -> np.ndarray:
     """``idx`` (most uncertain first) with its least uncertain entries swapped for the
-    selection's most compressed and most expanded cell (by ``bond_scale``); same count."""
+    selection's most compressed and most expanded cell (by ``bond_scale``) and, given
+    ``equilibrium`` structures (the seeds), the cell closest to an ideal lattice at their
+    median bond scale (``bond_spread`` and relative scale, in quadrature); same count."""
     picks = [int(i) for i in idx]
     if len(picks) < min_picks or len(structures) <= len(picks):
         return np.asarray(picks, dtype=int)
     scale = np.array([bond_scale(a) for a in structures])
     if np.isfinite(scale).sum() < 2:
         return np.asarray(picks, dtype=int)
-    anchors = list(dict.fromkeys([int(np.nanargmin(scale)), int(np.nanargmax(scale))]))
+    anchors = [int(np.nanargmin(scale)), int(np.nanargmax(scale))]
+    ref = np.nanmedian([bond_scale(a) for a in equilibrium]) if equilibrium else np.nan
+    if np.isfinite(ref):  # distance from an ideal lattice at the seeds' bond scale
+        off = np.hypot([bond_spread(a) for a in structures], scale / ref - 1.0)
+        anchors.append(int(np.nanargmin(off)))
+    anchors = list(dict.fromkeys(anchors))
     missing = [a for a in anchors if a not in picks]
     droppable = [i for i in picks if i not in anchors]
     dropped = set(droppable[len(droppable) - len(missing):])  # the least uncertain non-anchors
@@ -172,6 +193,7 @@ class ActiveLearning(Step):
         cfg = ctx.cfg
         return {"step2": cfg.section_dict("distillation.step2_active_learning"), "pick": cfg.mace.dft_pick,
                 "anchors": cfg.mace.volume_anchors,
+                **({"equilibrium_anchor": True} if cfg.mace.equilibrium_anchor else {}),  # off: hash as before
                 "committee": [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee],
                 "dft": dft_settings_key(ctx), "existing": existing_data_key(ctx),
                 "upstream": ctx.output_hash("step1_sampling")}
@@ -197,7 +219,8 @@ class ActiveLearning(Step):
         else:
             idx = pick_uncertain(unc, threshold)
         if cfg.mace.volume_anchors and cfg.mace.dft_pick != "random":  # the control stays uniform
-            idx = with_volume_anchors(idx, selected)
+            idx = with_volume_anchors(idx, selected,
+                                      equilibrium=seed_structures(cfg) if cfg.mace.equilibrium_anchor else None)
         log.info("[step2] committee force spread: median %.3f, max %.3f eV/A; %d structures to DFT",
                  float(np.median(unc.force_std)), float(unc.force_std.max()), len(idx))
         camp.write_structures("dft", [selected[i] for i in idx])
