@@ -358,7 +358,7 @@ class MaceCfg(_Strict):
     #: scale (spread of first-shell bond lengths) joins the anchors; uncertainty picks
     #: are strongly distorted (Cu: force RMS 1-7 eV/A against 0-1.9 on held-out cells).
     #: Measured (Cu, 10 calls, seeds 1 and 3): alone worse (6.2 -> 8.3, 5.9 -> 7.2 meV/A); with
-    #: finetune.stress_weight 100 final ACE 2.6 / 6.1 -> 2.1 / 6.3 meV/atom / meV/A (README)
+    #: finetune.stress_weight 100 (3 seeds) 2.3 / 6.9 meV/atom / meV/A, no better than that alone (README)
     equilibrium_anchor: bool = False
     #: step 5: shift the teacher's energy labels by one least-squares constant per element
     #: onto the DFT labels of the step-2 picks, so that steps 6-7 do not fit a constant
