@@ -137,17 +137,17 @@ def first_shell(atoms) -> np.ndarray:
     return x[x < 1.3 * nearest[i]]
 
 
-def bond_scale(atoms) -> float:
+def bond_scale(atoms, shell: np.ndarray | None = None) -> float:
     """Median first-shell bond length over the covalent radii: below 1 compressed, above
     expanded. Rattling does not pass for compression; vacancies and composition do not count."""
-    x = first_shell(atoms)
+    x = first_shell(atoms) if shell is None else shell
     return float(np.median(x)) if len(x) else float("nan")  # no bonds: no scale
 
 
-def bond_spread(atoms) -> float:
+def bond_spread(atoms, shell: np.ndarray | None = None) -> float:
     """Relative spread (std / median) of the first-shell bond lengths: 0 for an ideal or
     isotropically strained lattice, growing with rattling and shear."""
-    x = first_shell(atoms)
+    x = first_shell(atoms) if shell is None else shell
     return float(np.std(x) / np.median(x)) if len(x) else float("nan")
 
 
@@ -160,13 +160,14 @@ def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4,
     picks = [int(i) for i in idx]
     if len(picks) < min_picks or len(structures) <= len(picks):
         return np.asarray(picks, dtype=int)
-    scale = np.array([bond_scale(a) for a in structures])
+    shells = [first_shell(a) for a in structures]  # one neighbour list per cell
+    scale = np.array([bond_scale(a, x) for a, x in zip(structures, shells)])
     if np.isfinite(scale).sum() < 2:
         return np.asarray(picks, dtype=int)
     anchors = [int(np.nanargmin(scale)), int(np.nanargmax(scale))]
     ref = np.nanmedian([bond_scale(a) for a in equilibrium]) if equilibrium else np.nan
     if np.isfinite(ref):  # distance from an ideal lattice at the seeds' bond scale
-        off = np.hypot([bond_spread(a) for a in structures], scale / ref - 1.0)
+        off = np.hypot([bond_spread(a, x) for a, x in zip(structures, shells)], scale / ref - 1.0)
         anchors.append(int(np.nanargmin(off)))
     anchors = list(dict.fromkeys(anchors))
     missing = [a for a in anchors if a not in picks]
