@@ -334,6 +334,56 @@ def test_select_by_validation_keys_are_checked():
         FinetuneCfg(e0s="avrage")
 
 
+def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_stress_consistent():
+    """``mace.teacher_pressure_shift``: a 'DFT' that differs from the teacher (EMT) by one
+    pressure and a per-element constant is recovered from the picks' stresses and energies;
+    the moved teacher equals it on every cell, forces untouched, and its stress still is the
+    volume derivative of its energy (dE'/dV = -P'). Failed DFT and stress-less labels are
+    ignored; with the pressure term alone no energy constant is fitted."""
+    from ase.calculators.emt import EMT
+
+    from pyacemaker_hpc.core.models import Label
+    from pyacemaker_hpc.steps.s5_label import EV_PER_A3_IN_GPA, apply_correction, fit_teacher_correction
+
+    def emt_label(a):
+        a = a.copy()
+        a.calc = EMT()
+        return Label(energy=a.get_potential_energy(), forces=a.get_forces(), stress=a.get_stress())
+
+    cells = []
+    for k, scale in enumerate([0.96, 0.99, 1.01, 1.04]):
+        a = bulk("Cu", "fcc", a=3.6 * scale, cubic=True)
+        a.rattle(0.05, seed=k)
+        cells.append(a)
+    teacher = [emt_label(a) for a in cells]
+    dp, mu = 3.0 / EV_PER_A3_IN_GPA, 0.04  # DFT is 3 GPa above the teacher, 40 meV/atom higher
+    voigt = np.array([1, 1, 1, 0, 0, 0], float)
+    dft = [Label(energy=t.energy + mu * len(a) - dp * a.get_volume(), forces=t.forces,
+                 stress=t.stress - dp * voigt) for a, t in zip(cells, teacher)]
+    no_stress = Label(energy=dft[1].energy, forces=dft[1].forces)  # a calculator without stress
+    dft_set = LabelledSet(cells + cells[:2], dft + [Label.failed("scf"), no_stress])
+    both = fit_teacher_correction(dft_set, teacher + teacher[:2], ["Cu"], energy=True, pressure=True)
+    assert both["n_stress"] == 4 and both["pressure_GPa"] == pytest.approx(3.0)
+    assert both["shift_eV_per_atom"]["Cu"] == pytest.approx(mu, abs=1e-6)
+    moved = apply_correction(cells, teacher, both)
+    assert [m.energy for m in moved] == pytest.approx([d.energy for d in dft], abs=1e-6)
+    assert all(np.array_equal(m.forces, t.forces) for m, t in zip(moved, teacher))
+
+    only_p = fit_teacher_correction(dft_set, teacher + teacher[:2], ["Cu"], energy=False, pressure=True)
+    assert only_p["shift_eV_per_atom"] == {"Cu": 0.0}
+    diff = [(d.energy - m.energy) / len(a) for a, d, m in zip(cells, dft, apply_correction(cells, teacher, only_p))]
+    assert np.ptp(diff) < 1e-6  # the volume dependence is gone, the constant is left
+
+    # the moved teacher is still conservative: its energy's volume derivative is its pressure
+    a0, h = bulk("Cu", "fcc", a=3.62, cubic=True), 0.0005
+    strained = [a0.copy() for _ in range(3)]
+    for a, s in zip(strained, (1 - h, 1.0, 1 + h)):
+        a.set_cell(a0.cell * s, scale_atoms=True)
+    m = apply_correction(strained, [emt_label(a) for a in strained], only_p)
+    dedv = (m[2].energy - m[0].energy) / (strained[2].get_volume() - strained[0].get_volume())
+    assert dedv == pytest.approx(np.sum(m[1].stress[:3]) / 3, rel=5e-3)  # = -P' (dp is 15x this)
+
+
 def test_teacher_energy_shift_is_per_element_and_reaches_only_the_ace_fits(tmp_path):
     """Step 5's shift of the teacher onto the DFT picks: one least-squares constant per
     element (a binary's compositions separate them), failed DFT ignored; steps 6-7 read
@@ -365,7 +415,7 @@ def test_teacher_energy_shift_is_per_element_and_reaches_only_the_ace_fits(tmp_p
         camp.init_labels("surrogate", "mace")
         camp.put_labels("surrogate", "mace", dict(enumerate(teacher)))
         camp.write_json("metrics/teacher_energy_shift", shift)
-        ctx = lambda on: SimpleNamespace(camp=camp, cfg=SimpleNamespace(mace=SimpleNamespace(shift_teacher_to_dft=on)))  # noqa: E731
+        ctx = lambda on: SimpleNamespace(camp=camp, cfg=SimpleNamespace(mace=SimpleNamespace(shift_teacher_to_dft=on, teacher_pressure_shift=False)))  # noqa: E731
         assert [lab.energy for lab in teacher_labels(ctx(True)).labels] == pytest.approx([d.energy for d in dft])
         assert [lab.energy for lab in teacher_labels(ctx(False)).labels] == [t.energy for t in teacher]
         assert [lab.energy for lab in camp.read_labels("surrogate", "mace")] == [t.energy for t in teacher]

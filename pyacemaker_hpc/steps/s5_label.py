@@ -1,11 +1,14 @@
 """Step 5: the fine-tuned MACE labels the surrogate set in batches (mace's data loader),
 chunks farmed over the MACE group and committed one chunk at a time.
 
-With ``mace.shift_teacher_to_dft`` the teacher also labels the DFT picks, and one energy
-shift per element (least squares over the picks' compositions) that puts its energies on
-the DFT labels' is stored in ``/metrics/teacher_energy_shift``. The stored labels stay the
-teacher's own (a resumed step never shifts twice); :func:`teacher_labels` applies the shift
-where steps 6 and 7 read them."""
+With ``mace.teacher_pressure_shift`` and/or ``mace.shift_teacher_to_dft`` the teacher also
+labels the DFT picks, and step 5 stores in ``/metrics/teacher_energy_shift`` what puts its
+labels on the DFT picks': a uniform pressure offset (the mean DFT - teacher pressure: a
+foundation trained on another functional is off mostly by one pressure, an E(V) slope that
+fine-tuning on a few cells keeps) and one energy shift per element (least squares over the
+picks' compositions, after the pressure term). Both leave forces untouched. The stored
+labels stay the teacher's own (a resumed step never shifts twice); :func:`teacher_labels`
+applies the correction where steps 6 and 7 read them."""
 from __future__ import annotations
 
 import logging
@@ -29,8 +32,11 @@ class SurrogateLabelling(Step):
     def inputs(self, ctx):
         out = {"upstream": [ctx.output_hash("step3_finetune"), ctx.output_hash("step4_surrogate_sampling")],
                "dtype": ctx.cfg.mace.inference_dtype}
-        if ctx.cfg.mace.shift_teacher_to_dft:  # absent when off: campaigns made before keep their hash
+        mace = ctx.cfg.mace
+        if mace.shift_teacher_to_dft:  # absent when off: campaigns made before keep their hash
             out["shift_to_dft"] = ctx.output_hash("step2_active_learning")
+        if mace.teacher_pressure_shift:
+            out["pressure_to_dft"] = ctx.output_hash("step2_active_learning")
         return out
 
     def stale_outputs(self, ctx):
@@ -58,14 +64,36 @@ class SurrogateLabelling(Step):
         labels = camp.read_labels("surrogate", "mace")
         log.info("[step5] %d structures labelled by the fine-tuned MACE", len(labels))
         energies = [f"{lab.energy:.8f}" for lab in labels]
-        if cfg.mace.shift_teacher_to_dft:
+        if cfg.mace.shift_teacher_to_dft or cfg.mace.teacher_pressure_shift:
             dft = camp.labelled_set("dft", "dft")
             on_dft = ctx.farm.run_one("mace", mace_label_task, *args, dft.structures)
-            shift = energy_shift(dft, on_dft, cfg.system.elements)
+            shift = fit_teacher_correction(dft, on_dft, cfg.system.elements,
+                                           energy=cfg.mace.shift_teacher_to_dft,
+                                           pressure=cfg.mace.teacher_pressure_shift)
             camp.write_json("metrics/teacher_energy_shift", shift)
-            log.info("[step5] teacher energies shifted onto the DFT picks: %s", shift)
+            log.info("[step5] teacher labels moved onto the DFT picks: %s", shift)
             return digest([energies, shift])
         return digest(energies)
+
+
+EV_PER_A3_IN_GPA = 160.21766
+
+
+def pressure_shift(dft: LabelledSet, teacher: list[Label]) -> dict:
+    """The mean DFT - teacher pressure (eV/A^3; P = -trace(stress)/3) over the usable DFT
+    picks that carry a stress, with its standard error and the RMS pressure difference
+    before and after (GPa). A model that is off by one pressure has an energy error of slope
+    -dP per unit volume: E_teacher - dP * V and stress_teacher - dP * 1 remove it."""
+    dp = np.array([_pressure(d.stress) - _pressure(t.stress) for d, t in zip(dft.labels, teacher)
+                   if d.ok and t.ok and _has_stress(d) and _has_stress(t)])
+    if not len(dp):
+        return {"pressure_eV_per_A3": 0.0, "n_stress": 0}
+    mean = float(dp.mean())
+    sem = float(dp.std(ddof=1) / np.sqrt(len(dp))) if len(dp) > 1 else float("nan")
+    return {"pressure_eV_per_A3": mean, "pressure_GPa": mean * EV_PER_A3_IN_GPA,
+            "pressure_sem_GPa": sem * EV_PER_A3_IN_GPA, "n_stress": len(dp),
+            "pressure_rms_before_GPa": float(np.sqrt(np.mean(dp ** 2)) * EV_PER_A3_IN_GPA),
+            "pressure_rms_after_GPa": float(np.sqrt(np.mean((dp - mean) ** 2)) * EV_PER_A3_IN_GPA)}
 
 
 def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) -> dict:
@@ -88,14 +116,56 @@ def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) ->
             "rms_before_meV_atom": rms(diff), "rms_after_meV_atom": rms(diff - counts @ delta)}
 
 
+def fit_teacher_correction(dft: LabelledSet, teacher: list[Label], elements: list[str], *,
+                           energy: bool, pressure: bool) -> dict:
+    """What :func:`apply_correction` needs: the pressure term first (from stresses, so the
+    distorted picks' energies do not set the slope), then per-element energy shifts fitted
+    on the pressure-corrected teacher energies; a term that is off is stored as zero."""
+    out = pressure_shift(dft, teacher) if pressure else {"pressure_eV_per_A3": 0.0}
+    moved = apply_correction(dft.structures, teacher, out)
+    if energy:
+        out.update(energy_shift(dft, moved, elements))
+    else:
+        out["shift_eV_per_atom"] = {el: 0.0 for el in elements}
+    return out
+
+
+def apply_correction(structures: list, labels: list[Label], shift: dict) -> list[Label]:
+    """The teacher's labels moved by a stored correction: energy + sum of per-element shifts
+    - dP * V, stress - dP on the diagonal (P' = P + dP); forces unchanged."""
+    per_el = shift.get("shift_eV_per_atom", {})
+    dp = float(shift.get("pressure_eV_per_A3", 0.0))
+    out = []
+    for at, lab in zip(structures, labels):
+        if not lab.ok:
+            out.append(lab)
+            continue
+        e = lab.energy + sum(per_el.get(s, 0.0) for s in at.get_chemical_symbols())
+        stress = lab.stress
+        if dp and at.pbc.all():
+            e -= dp * at.get_volume()
+            if stress is not None:
+                stress = np.asarray(stress, float) - dp * np.array([1, 1, 1, 0, 0, 0], float)
+        out.append(replace(lab, energy=e, stress=stress))
+    return out
+
+
+def _has_stress(lab: Label) -> bool:
+    return lab.stress is not None and np.all(np.isfinite(lab.stress))
+
+
+def _pressure(stress) -> float:
+    return -float(np.sum(np.asarray(stress, float)[:3])) / 3.0
+
+
 def teacher_labels(ctx) -> LabelledSet:
-    """The surrogate set with the teacher's labels, shifted by step 5's per-element energy
-    shift when ``mace.shift_teacher_to_dft`` is on (what steps 6 and 7 fit)."""
+    """The surrogate set with the teacher's labels, moved by step 5's stored correction when
+    ``mace.shift_teacher_to_dft`` or ``mace.teacher_pressure_shift`` is on (what steps 6 and
+    7 fit)."""
     ls = ctx.camp.labelled_set("surrogate", "mace")
-    shift = ctx.camp.read_json("metrics/teacher_energy_shift") if ctx.cfg.mace.shift_teacher_to_dft else None
+    mace = ctx.cfg.mace
+    on = mace.shift_teacher_to_dft or mace.teacher_pressure_shift
+    shift = ctx.camp.read_json("metrics/teacher_energy_shift") if on else None
     if not shift:
         return ls
-    per_el = shift["shift_eV_per_atom"]
-    labels = [replace(lab, energy=lab.energy + sum(per_el.get(s, 0.0) for s in at.get_chemical_symbols()))
-              for at, lab in zip(ls.structures, ls.labels)]
-    return LabelledSet(ls.structures, labels)
+    return LabelledSet(ls.structures, apply_correction(ls.structures, ls.labels, shift))
