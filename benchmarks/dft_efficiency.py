@@ -219,7 +219,7 @@ def read_campaign(path: Path) -> dict | None:
         fin = {s: str(f[f"steps/{s}"].attrs.get("finished", "")) for s in (last, "evaluate")}
         if fin[last] > fin["evaluate"]:  # the final model is newer than its evaluation (re-run)
             return None
-        offsets = {}
+        offsets, slopes = {}, {}
         if "labels/holdout/dft" in f:  # signed mean per-atom energy offset (model - DFT), meV/atom
             off = f["structures/holdout/offsets"][()]
             n_items = f["labels/holdout/dft/energy"].shape[0]
@@ -230,12 +230,16 @@ def read_campaign(path: Path) -> dict | None:
                 ok = np.array([s in (b"done", "done") for s in g["status"][()]]) & \
                     np.array([s in (b"done", "done") for s in ref["status"][()]])
                 if src != "dft" and ok.any():
-                    offsets[src] = 1000 * float(np.mean((g["energy"][()][ok] - ref["energy"][()][ok]) / nat[ok]))
+                    err = (g["energy"][()][ok] - ref["energy"][()][ok]) / nat[ok]
+                    offsets[src] = 1000 * float(np.mean(err))
+                    vol = np.abs(np.linalg.det(f["structures/holdout/cell"][()][ok])) / nat[ok]
+                    if np.ptp(vol) > 0:  # the error's E(V) slope: a pressure error of -slope
+                        slopes[src] = 1000 * float(np.polyfit(vol, err, 1)[0])
         e0 = None
         if "metrics/e0" in f:
             v = f["metrics/e0"][()]
             e0 = json.loads(v.decode() if isinstance(v, bytes) else v)
-    return {"evaluation": ev, "seconds": seconds, "e0": e0, "offsets": offsets}
+    return {"evaluation": ev, "seconds": seconds, "e0": e0, "offsets": offsets, "slopes": slopes}
 
 
 def rows_of(method: str, tag: str, n: int, seed: int, data: dict) -> list[dict]:
@@ -256,6 +260,7 @@ def rows_of(method: str, tag: str, n: int, seed: int, data: dict) -> list[dict]:
                     "seed": seed, "E_rmse": m["energy_rmse_meV_atom"],
                     "E_rmse_shifted": m["energy_rmse_shifted_meV_atom"], "F_rmse": m["force_rmse_meV_A"],
                     "E_offset": data["offsets"].get(SOURCE.get(name, ""), float("nan")),
+                    "E_slope": data["slopes"].get(SOURCE.get(name, ""), float("nan")),
                     "n_holdout": ev.get("n_holdout")})
     return out
 
@@ -484,10 +489,12 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (r["method"], r["model"], r["N"], r["seed"]))
     print(f"\nheld-out: {holdout} ({rows[0]['n_holdout'] if rows else 0} structures)")
     print(f"{'N':>4} {'method':<28} {'model':<16} {'seed':>4} {'E RMSE':>8} {'E shifted':>10} "
-          f"{'offset':>9} {'F RMSE':>8}   (meV/atom, meV/A)")
+          f"{'offset':>9} {'E(V) slope':>10} {'F RMSE':>8}   (meV/atom, E(V) slope of the error: meV/atom "
+          f"per A^3/atom, meV/A)")
     for r in rows:
         print(f"{r['N']:>4} {r['method']:<28} {r['model']:<16} {r['seed']:>4} {r['E_rmse']:>8.1f} "
-              f"{r['E_rmse_shifted']:>10.1f} {r['E_offset']:>9.1f} {r['F_rmse']:>8.1f}")
+              f"{r['E_rmse_shifted']:>10.1f} {r['E_offset']:>9.1f} {r.get('E_slope', np.nan):>10.1f} "
+              f"{r['F_rmse']:>8.1f}")
     print("\nwall time per step (s):")
     for name, s in seconds.items():
         print(f"  {name:<34} " + " ".join(f"{k.split('_')[0]}={v:.0f}" for k, v in s.items() if k != "e0")
