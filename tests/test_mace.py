@@ -364,7 +364,9 @@ def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_s
     dft_set = LabelledSet(cells + cells[:2], dft + [Label.failed("scf"), no_stress])
     both = fit_teacher_correction(dft_set, teacher + teacher[:2], ["Cu"], energy=True, pressure=True)
     assert both["n_stress"] == 4 and both["pressure_GPa"] == pytest.approx(3.0)
-    assert both["shift_eV_per_atom"]["Cu"] == pytest.approx(mu, abs=1e-6)
+    v_ref = np.mean([a.get_volume() / len(a) for a in cells])
+    assert both["reference_volume_A3_per_atom"] == pytest.approx(v_ref)
+    assert both["shift_eV_per_atom"]["Cu"] == pytest.approx(mu - dp * v_ref, abs=1e-6)
     moved = apply_correction(cells, teacher, both)
     assert [m.energy for m in moved] == pytest.approx([d.energy for d in dft], abs=1e-6)
     assert all(np.array_equal(m.forces, t.forces) for m, t in zip(moved, teacher))
@@ -372,7 +374,8 @@ def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_s
     only_p = fit_teacher_correction(dft_set, teacher + teacher[:2], ["Cu"], energy=False, pressure=True)
     assert only_p["shift_eV_per_atom"] == {"Cu": 0.0}
     diff = [(d.energy - m.energy) / len(a) for a, d, m in zip(cells, dft, apply_correction(cells, teacher, only_p))]
-    assert np.ptp(diff) < 1e-6  # the volume dependence is gone, the constant is left
+    assert np.ptp(diff) < 1e-6  # the volume dependence is gone, the constant is left ...
+    assert np.mean(diff) == pytest.approx(mu - dp * v_ref, abs=1e-6)  # ... where it was at v_ref
 
     # the moved teacher is still conservative: its energy's volume derivative is its pressure
     a0, h = bulk("Cu", "fcc", a=3.62, cubic=True), 0.0005

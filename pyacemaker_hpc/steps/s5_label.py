@@ -83,14 +83,19 @@ def pressure_shift(dft: LabelledSet, teacher: list[Label]) -> dict:
     """The mean DFT - teacher pressure (eV/A^3; P = -trace(stress)/3) over the usable DFT
     picks that carry a stress, with its standard error and the RMS pressure difference
     before and after (GPa). A model that is off by one pressure has an energy error of slope
-    -dP per unit volume: E_teacher - dP * V and stress_teacher - dP * 1 remove it."""
-    dp = np.array([_pressure(d.stress) - _pressure(t.stress) for d, t in zip(dft.labels, teacher)
-                   if d.ok and t.ok and _has_stress(d) and _has_stress(t)])
-    if not len(dp):
+    -dP per unit volume: E_teacher - dP * (V - n v_ref) and stress_teacher - dP * 1 remove it,
+    v_ref (the picks' mean volume per atom) keeping the teacher's energy level where it was
+    (-dP * V alone would move it by ~0.2 eV/atom at a few GPa)."""
+    use = [(at, d, t) for at, d, t in zip(dft.structures, dft.labels, teacher)
+           if d.ok and t.ok and _has_stress(d) and _has_stress(t) and at.pbc.all()]
+    if not use:
         return {"pressure_eV_per_A3": 0.0, "n_stress": 0}
+    dp = np.array([_pressure(d.stress) - _pressure(t.stress) for _, d, t in use])
     mean = float(dp.mean())
     sem = float(dp.std(ddof=1) / np.sqrt(len(dp))) if len(dp) > 1 else float("nan")
+    v_ref = sum(at.get_volume() for at, _, _ in use) / sum(len(at) for at, _, _ in use)
     return {"pressure_eV_per_A3": mean, "pressure_GPa": mean * EV_PER_A3_IN_GPA,
+            "reference_volume_A3_per_atom": v_ref,
             "pressure_sem_GPa": sem * EV_PER_A3_IN_GPA, "n_stress": len(dp),
             "pressure_rms_before_GPa": float(np.sqrt(np.mean(dp ** 2)) * EV_PER_A3_IN_GPA),
             "pressure_rms_after_GPa": float(np.sqrt(np.mean((dp - mean) ** 2)) * EV_PER_A3_IN_GPA)}
@@ -132,9 +137,10 @@ def fit_teacher_correction(dft: LabelledSet, teacher: list[Label], elements: lis
 
 def apply_correction(structures: list, labels: list[Label], shift: dict) -> list[Label]:
     """The teacher's labels moved by a stored correction: energy + sum of per-element shifts
-    - dP * V, stress - dP on the diagonal (P' = P + dP); forces unchanged."""
+    - dP * (V - n v_ref), stress - dP on the diagonal (P' = P + dP); forces unchanged."""
     per_el = shift.get("shift_eV_per_atom", {})
     dp = float(shift.get("pressure_eV_per_A3", 0.0))
+    v_ref = float(shift.get("reference_volume_A3_per_atom", 0.0))
     out = []
     for at, lab in zip(structures, labels):
         if not lab.ok:
@@ -143,7 +149,7 @@ def apply_correction(structures: list, labels: list[Label], shift: dict) -> list
         e = lab.energy + sum(per_el.get(s, 0.0) for s in at.get_chemical_symbols())
         stress = lab.stress
         if dp and at.pbc.all():
-            e -= dp * at.get_volume()
+            e -= dp * (at.get_volume() - len(at) * v_ref)
             if stress is not None:
                 stress = np.asarray(stress, float) - dp * np.array([1, 1, 1, 0, 0, 0], float)
         out.append(replace(lab, energy=e, stress=stress))
