@@ -93,7 +93,7 @@ def pressure_shift(dft: LabelledSet, teacher: list[Label]) -> dict:
     dp = np.array([_pressure(d.stress) - _pressure(t.stress) for _, d, t in use])
     mean = float(dp.mean())
     sem = float(dp.std(ddof=1) / np.sqrt(len(dp))) if len(dp) > 1 else float("nan")
-    v_ref = sum(at.get_volume() for at, _, _ in use) / sum(len(at) for at, _, _ in use)
+    v_ref = float(sum(at.get_volume() for at, _, _ in use) / sum(len(at) for at, _, _ in use))
     return {"pressure_eV_per_A3": mean, "pressure_GPa": mean * EV_PER_A3_IN_GPA,
             "reference_volume_A3_per_atom": v_ref,
             "pressure_sem_GPa": sem * EV_PER_A3_IN_GPA, "n_stress": len(dp),
