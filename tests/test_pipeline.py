@@ -149,7 +149,8 @@ def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, t
     """mpirun -n 2; SIGKILL the job while step 2 runs DFT; re-run: no finished DFT call is
     repeated (at most the one in flight), the campaign completes. Fine-tuning is multihead
     here: its offline replay set (the foundation's labels on pool cells) is made in step 3;
-    step 5 shifts the teacher's energies onto the DFT picks (``mace.shift_teacher_to_dft``)."""
+    step 5 moves the teacher's labels onto the DFT picks (the default pressure term, then
+    ``mace.shift_teacher_to_dft``'s energy shift)."""
     cfg = tiny_config(tmp_path, str(tiny_mace_model), [str(p) for p in tiny_mace_committee], sleep=0.7,
                       **{"mace.finetune.method": "multihead", "mace.finetune.replay_size": 8,
                          "mace.shift_teacher_to_dft": True,
@@ -177,4 +178,6 @@ def test_pipeline_under_mpirun_with_kill_during_dft(tmp_path, tiny_mace_model, t
         shift = json.loads(f["metrics/teacher_energy_shift"][()])  # step 5 on the DFT picks
         assert shift["n_dft"] == f["structures/dft"].attrs["n"]
         assert shift["rms_after_meV_atom"] <= shift["rms_before_meV_atom"]
+        assert shift["n_stress"] == shift["n_dft"]  # the pressure term (on by default) came first
+        assert shift["pressure_rms_after_GPa"] <= shift["pressure_rms_before_GPa"]
     assert ev["drift_from_foundation"]["method"] == "multihead"
