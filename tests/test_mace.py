@@ -377,6 +377,19 @@ def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_s
     assert np.ptp(diff) < 1e-6  # the volume dependence is gone, the constant is left ...
     assert np.mean(diff) == pytest.approx(mu - dp * v_ref, abs=1e-6)  # ... where it was at v_ref
 
+    # the gate: an offset the picks do not resolve moves nothing and leaves step 5's hash alone
+    from pyacemaker_hpc.steps.s5_label import is_null
+    exact = fit_teacher_correction(dft_set, teacher + teacher[:2], ["Cu"], energy=False, pressure=True, min_sigma=5)
+    assert exact["applied"] and exact["pressure_eV_per_A3"] == pytest.approx(dp)  # noiseless: resolved
+    noisy = [Label(energy=d.energy, forces=d.forces, stress=d.stress + (-1) ** k * 2 * dp * voigt)
+             for k, d in enumerate(dft)]  # +-6 GPa scatter around the 3 GPa offset
+    gated = fit_teacher_correction(LabelledSet(cells, noisy), teacher, ["Cu"], energy=False, pressure=True,
+                                   min_sigma=5)
+    assert not gated["applied"] and gated["z"] < 5 and gated["pressure_GPa"] == pytest.approx(3.0)
+    assert gated["pressure_eV_per_A3"] == 0.0 and is_null(gated) and not is_null(exact)
+    assert fit_teacher_correction(LabelledSet(cells, noisy), teacher, ["Cu"], energy=False, pressure=True,
+                                  min_sigma=0)["applied"]
+
     # the moved teacher is still conservative: its energy's volume derivative is its pressure
     a0, h = bulk("Cu", "fcc", a=3.62, cubic=True), 0.0005
     strained = [a0.copy() for _ in range(3)]

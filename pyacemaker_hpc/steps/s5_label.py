@@ -6,7 +6,10 @@ labels the DFT picks, and step 5 stores in ``/metrics/teacher_energy_shift`` wha
 labels on the DFT picks': a uniform pressure offset (the mean DFT - teacher pressure: a
 foundation trained on another functional is off mostly by one pressure, an E(V) slope that
 fine-tuning on a few cells keeps) and one energy shift per element (least squares over the
-picks' compositions, after the pressure term). Both leave forces untouched. The stored
+picks' compositions, after the pressure term). Both leave forces untouched. The pressure
+term is applied only when the picks resolve it (``mace.teacher_pressure_min_sigma``
+standard errors); when nothing is applied, step 5's output hash is the uncorrected one and
+steps 6-7 are not refitted. The stored
 labels stay the teacher's own (a resumed step never shifts twice); :func:`teacher_labels`
 applies the correction where steps 6 and 7 read them."""
 from __future__ import annotations
@@ -36,7 +39,7 @@ class SurrogateLabelling(Step):
         if mace.shift_teacher_to_dft:  # absent when off: campaigns made before keep their hash
             out["shift_to_dft"] = ctx.output_hash("step2_active_learning")
         if mace.teacher_pressure_shift:
-            out["pressure_to_dft"] = ctx.output_hash("step2_active_learning")
+            out["pressure_to_dft"] = [ctx.output_hash("step2_active_learning"), mace.teacher_pressure_min_sigma]
         return out
 
     def stale_outputs(self, ctx):
@@ -69,9 +72,12 @@ class SurrogateLabelling(Step):
             on_dft = ctx.farm.run_one("mace", mace_label_task, *args, dft.structures)
             shift = fit_teacher_correction(dft, on_dft, cfg.system.elements,
                                            energy=cfg.mace.shift_teacher_to_dft,
-                                           pressure=cfg.mace.teacher_pressure_shift)
+                                           pressure=cfg.mace.teacher_pressure_shift,
+                                           min_sigma=cfg.mace.teacher_pressure_min_sigma)
             camp.write_json("metrics/teacher_energy_shift", shift)
             log.info("[step5] teacher labels moved onto the DFT picks: %s", shift)
+            if is_null(shift):  # a closed pressure gate: the chain is the uncorrected one
+                return digest(energies)
             return digest([energies, shift])
         return digest(energies)
 
@@ -79,10 +85,12 @@ class SurrogateLabelling(Step):
 EV_PER_A3_IN_GPA = 160.21766
 
 
-def pressure_shift(dft: LabelledSet, teacher: list[Label]) -> dict:
+def pressure_shift(dft: LabelledSet, teacher: list[Label], min_sigma: float = 0.0) -> dict:
     """The mean DFT - teacher pressure (eV/A^3; P = -trace(stress)/3) over the usable DFT
     picks that carry a stress, with its standard error and the RMS pressure difference
-    before and after (GPa). A model that is off by one pressure has an energy error of slope
+    before and after (GPa); ``pressure_eV_per_A3`` (what is applied) is zero unless the mean
+    is at least ``min_sigma`` standard errors from zero (``applied``; fewer than 3 picks
+    never resolve it unless ``min_sigma`` is 0). A model that is off by one pressure has an energy error of slope
     -dP per unit volume: E_teacher - dP * (V - n v_ref) and stress_teacher - dP * 1 remove it,
     v_ref (the picks' mean volume per atom) keeping the teacher's energy level where it was
     (-dP * V alone would move it by ~0.2 eV/atom at a few GPa)."""
@@ -94,7 +102,10 @@ def pressure_shift(dft: LabelledSet, teacher: list[Label]) -> dict:
     mean = float(dp.mean())
     sem = float(dp.std(ddof=1) / np.sqrt(len(dp))) if len(dp) > 1 else float("nan")
     v_ref = float(sum(at.get_volume() for at, _, _ in use) / sum(len(at) for at, _, _ in use))
-    return {"pressure_eV_per_A3": mean, "pressure_GPa": mean * EV_PER_A3_IN_GPA,
+    z = abs(mean) / max(sem, 1e-12) if len(dp) >= 3 else 0.0
+    applied = bool(min_sigma == 0 or z >= min_sigma)
+    return {"pressure_eV_per_A3": mean if applied else 0.0, "applied": applied, "z": float(z),
+            "pressure_GPa": mean * EV_PER_A3_IN_GPA,
             "reference_volume_A3_per_atom": v_ref,
             "pressure_sem_GPa": sem * EV_PER_A3_IN_GPA, "n_stress": len(dp),
             "pressure_rms_before_GPa": float(np.sqrt(np.mean(dp ** 2)) * EV_PER_A3_IN_GPA),
@@ -122,11 +133,11 @@ def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) ->
 
 
 def fit_teacher_correction(dft: LabelledSet, teacher: list[Label], elements: list[str], *,
-                           energy: bool, pressure: bool) -> dict:
+                           energy: bool, pressure: bool, min_sigma: float = 0.0) -> dict:
     """What :func:`apply_correction` needs: the pressure term first (from stresses, so the
     distorted picks' energies do not set the slope), then per-element energy shifts fitted
     on the pressure-corrected teacher energies; a term that is off is stored as zero."""
-    out = pressure_shift(dft, teacher) if pressure else {"pressure_eV_per_A3": 0.0}
+    out = pressure_shift(dft, teacher, min_sigma) if pressure else {"pressure_eV_per_A3": 0.0}
     moved = apply_correction(dft.structures, teacher, out)
     if energy:
         out.update(energy_shift(dft, moved, elements))
@@ -154,6 +165,11 @@ def apply_correction(structures: list, labels: list[Label], shift: dict) -> list
                 stress = np.asarray(stress, float) - dp * np.array([1, 1, 1, 0, 0, 0], float)
         out.append(replace(lab, energy=e, stress=stress))
     return out
+
+
+def is_null(shift: dict) -> bool:
+    """True when a stored correction moves no label (pressure gate closed, no energy shift)."""
+    return not shift.get("pressure_eV_per_A3") and not any(shift.get("shift_eV_per_atom", {}).values())
 
 
 def _has_stress(lab: Label) -> bool:
