@@ -493,7 +493,7 @@ def main(argv=None) -> int:
           f"per A^3/atom, meV/A)")
     for r in rows:
         print(f"{r['N']:>4} {r['method']:<28} {r['model']:<16} {r['seed']:>4} {r['E_rmse']:>8.1f} "
-              f"{r['E_rmse_shifted']:>10.1f} {r['E_offset']:>9.1f} {r.get('E_slope', np.nan):>10.1f} "
+              f"{r['E_rmse_shifted']:>10.1f} {r['E_offset']:>9.1f} {r['E_slope']:>10.1f} "
               f"{r['F_rmse']:>8.1f}")
     print("\nwall time per step (s):")
     for name, s in seconds.items():

@@ -343,7 +343,9 @@ def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_s
     from ase.calculators.emt import EMT
 
     from pyacemaker_hpc.core.models import Label
-    from pyacemaker_hpc.steps.s5_label import EV_PER_A3_IN_GPA, apply_correction, fit_teacher_correction
+    from ase.units import GPa
+
+    from pyacemaker_hpc.steps.s5_label import apply_correction, fit_teacher_correction
 
     def emt_label(a):
         a = a.copy()
@@ -356,7 +358,7 @@ def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_s
         a.rattle(0.05, seed=k)
         cells.append(a)
     teacher = [emt_label(a) for a in cells]
-    dp, mu = 3.0 / EV_PER_A3_IN_GPA, 0.04  # DFT is 3 GPa above the teacher, 40 meV/atom higher
+    dp, mu = 3.0 * GPa, 0.04  # DFT is 3 GPa above the teacher, 40 meV/atom higher
     voigt = np.array([1, 1, 1, 0, 0, 0], float)
     dft = [Label(energy=t.energy + mu * len(a) - dp * a.get_volume(), forces=t.forces,
                  stress=t.stress - dp * voigt) for a, t in zip(cells, teacher)]

@@ -9,15 +9,15 @@ fine-tuning on a few cells keeps) and one energy shift per element (least square
 picks' compositions, after the pressure term). Both leave forces untouched. The pressure
 term is applied only when the picks resolve it (``mace.teacher_pressure_min_sigma``
 standard errors); when nothing is applied, step 5's output hash is the uncorrected one and
-steps 6-7 are not refitted. The stored
-labels stay the teacher's own (a resumed step never shifts twice); :func:`teacher_labels`
-applies the correction where steps 6 and 7 read them."""
+steps 6-7 are not refitted. The stored labels stay the teacher's own (a resumed step never
+shifts twice); :func:`teacher_labels` applies the correction where steps 6 and 7 read them."""
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 
 import numpy as np
+from ase.units import GPa
 
 from ..core.models import PENDING, Label, LabelledSet
 from ..parallel import TaskFailed
@@ -82,22 +82,20 @@ class SurrogateLabelling(Step):
         return digest(energies)
 
 
-EV_PER_A3_IN_GPA = 160.21766
-
-
 def pressure_shift(dft: LabelledSet, teacher: list[Label], min_sigma: float = 0.0) -> dict:
     """The mean DFT - teacher pressure (eV/A^3; P = -trace(stress)/3) over the usable DFT
     picks that carry a stress, with its standard error and the RMS pressure difference
     before and after (GPa); ``pressure_eV_per_A3`` (what is applied) is zero unless the mean
     is at least ``min_sigma`` standard errors from zero (``applied``; fewer than 3 picks
-    never resolve it unless ``min_sigma`` is 0). A model that is off by one pressure has an energy error of slope
-    -dP per unit volume: E_teacher - dP * (V - n v_ref) and stress_teacher - dP * 1 remove it,
-    v_ref (the picks' mean volume per atom) keeping the teacher's energy level where it was
-    (-dP * V alone would move it by ~0.2 eV/atom at a few GPa)."""
+    never resolve it unless ``min_sigma`` is 0). A model that is off by one pressure has an
+    energy error of slope -dP per unit volume: E_teacher - dP * (V - n v_ref) and
+    stress_teacher - dP * 1 remove it, v_ref (the picks' mean volume per atom) keeping the
+    teacher's energy level where it was (-dP * V alone would move it by ~0.2 eV/atom at a
+    few GPa)."""
     use = [(at, d, t) for at, d, t in zip(dft.structures, dft.labels, teacher)
            if d.ok and t.ok and _has_stress(d) and _has_stress(t) and at.pbc.all()]
     if not use:
-        return {"pressure_eV_per_A3": 0.0, "n_stress": 0}
+        return {"pressure_eV_per_A3": 0.0, "applied": False, "n_stress": 0}
     dp = np.array([_pressure(d.stress) - _pressure(t.stress) for _, d, t in use])
     mean = float(dp.mean())
     sem = float(dp.std(ddof=1) / np.sqrt(len(dp))) if len(dp) > 1 else float("nan")
@@ -105,11 +103,11 @@ def pressure_shift(dft: LabelledSet, teacher: list[Label], min_sigma: float = 0.
     z = abs(mean) / max(sem, 1e-12) if len(dp) >= 3 else 0.0
     applied = bool(min_sigma == 0 or z >= min_sigma)
     return {"pressure_eV_per_A3": mean if applied else 0.0, "applied": applied, "z": float(z),
-            "pressure_GPa": mean * EV_PER_A3_IN_GPA,
+            "pressure_GPa": mean / GPa,
             "reference_volume_A3_per_atom": v_ref,
-            "pressure_sem_GPa": sem * EV_PER_A3_IN_GPA, "n_stress": len(dp),
-            "pressure_rms_before_GPa": float(np.sqrt(np.mean(dp ** 2)) * EV_PER_A3_IN_GPA),
-            "pressure_rms_after_GPa": float(np.sqrt(np.mean((dp - mean) ** 2)) * EV_PER_A3_IN_GPA)}
+            "pressure_sem_GPa": sem / GPa, "n_stress": len(dp),
+            "pressure_rms_before_GPa": float(np.sqrt(np.mean(dp ** 2)) / GPa),
+            "pressure_rms_after_GPa": float(np.sqrt(np.mean((dp - mean) ** 2)) / GPa)}
 
 
 def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) -> dict:
