@@ -140,6 +140,9 @@ def load_mace_model(path: str, device: str, default_dtype: str):
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "r_max"):
         raise ModelLoadError(f"{path} is not a MACE model file (torch.load gave {type(model).__name__})")
     model = model.double() if default_dtype == "float64" else model.float()
+    # map_location moves the stored tensors, not the constants e3nn's compiled submodules
+    # keep (the w3j tensors): without .to() a CPU-saved model fails on CUDA ("mat2 is on cpu")
+    model = model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
