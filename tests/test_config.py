@@ -168,3 +168,22 @@ def test_vasp_kspacing_makes_the_mesh_and_excludes_kpoint_mesh(tmp_path):
     assert VaspCfg(incar={"KSPACING": 0.58}).mesh(cu) == (4, 4, 4)  # 1.7405 / 0.58 = 3.0008: rounded up
     assert VaspCfg(incar={"KSPACING": 0.59}).mesh(cu) == (3, 3, 3)
     assert VaspCfg(kpoint_density=2.0).mesh(cu) == VaspCfg(kpoint_density=2.0, incar={}).mesh(cu)
+
+
+def test_dft_only_baseline_key_follows_the_basis_not_step7(tmp_path):
+    """A variant that changes the ACE basis or fit budget must refit the DFT-only baseline
+    (a stale one would compare a new pipeline ACE against the old basis); step 7's weights
+    must not (tuning them re-runs the evaluation, and the baseline does not depend on them)."""
+    from pyacemaker_hpc.steps.evaluate import dft_only_fit_key
+
+    def key(**pacemaker):
+        data = {**MINIMAL, "pacemaker": pacemaker}
+        return dft_only_fit_key(load_config(_write(tmp_path, data)), {"Cu": -1.0}, "labels")
+
+    base = key()
+    assert key(preset="medium") != base
+    assert key(max_iterations=600) != base
+    assert key(cutoff=6.0) != base
+    assert key(select_weight_dft=[30, 300]) == base
+    assert key(delta_max_iterations=50) == base
+    assert dft_only_fit_key(load_config(_write(tmp_path, MINIMAL)), {"Cu": -2.0}, "labels") != base

@@ -206,15 +206,21 @@ DFT_ONLY_FIT_KEYS = ("preset", "number_of_functions_per_element", "cutoff", "max
                      "evaluator", "reference_energy", "extra_input")
 
 
+def dft_only_fit_key(cfg, e0: dict, dft_digest: str) -> str:
+    """What the DFT-only baseline depends on: the fit settings (basis, budget, reference),
+    the elements, E0 and the DFT labels - not step 7's weights."""
+    pm = cfg.section_dict("pacemaker")["pacemaker"]
+    return digest({"pacemaker": {k: pm.get(k) for k in DFT_ONLY_FIT_KEYS}, "elements": cfg.system.elements,
+                   "e0": e0, "dft": dft_digest})
+
+
 def dft_only_ace(ctx: StepContext, dft: LabelledSet, e0: dict) -> None:
     """Fit the DFT-only baseline into ``/models/ace_dft_only`` unless the stored one has the
     same inputs: tuning step 7 re-runs the evaluation, and refitting an unchanged baseline
     there cost a full pacemaker fit every time."""
     from .s2_active_learning import labels_digest
 
-    pm = ctx.cfg.section_dict("pacemaker")
-    key = digest({"pacemaker": {k: pm.get(k) for k in DFT_ONLY_FIT_KEYS}, "elements": ctx.cfg.system.elements,
-                  "e0": e0, "dft": labels_digest(dft)})
+    key = dft_only_fit_key(ctx.cfg, e0, labels_digest(dft))
     if "ace_dft_only" in ctx.camp.model_names() and \
             ctx.camp.load_model("ace_dft_only").metrics.get("inputs_sha256") == key:
         log.info("[evaluate] ACE on DFT labels only: inputs unchanged, the stored fit is reused")
