@@ -376,6 +376,10 @@ class MaceCfg(_Strict):
     #: ... applied only when the picks resolve the offset: |mean| >= this many standard errors
     #: (Cu: 8.6 sigma on the two seeds that gained at 10 calls, <= 3.2 at 20 calls; 0 = always)
     teacher_pressure_min_sigma: float = Field(5.0, ge=0)
+    #: ... read from the energies' volume slope on the picks or from their stresses. GPAW at
+    #: 300 eV has a Pulay stress the energies lack (Au: 3.4 GPa), and on Cu-Au the stresses
+    #: asked for -2.9 to -4.9 GPa where the energies found -0.2 to -2.4 (README)
+    teacher_pressure_source: Literal["energy", "stress"] = "stress"
     finetune: FinetuneCfg = FinetuneCfg()
     md: MdCfg = MdCfg()
 

@@ -402,6 +402,57 @@ def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_s
     assert dedv == pytest.approx(np.sum(m[1].stress[:3]) / 3, rel=5e-3)  # = -P' (dp is 15x this)
 
 
+def test_pressure_from_the_energies_ignores_a_pulay_stress_and_separates_composition_from_volume():
+    """``mace.teacher_pressure_source: energy``: on a binary whose 'DFT' differs from the
+    teacher (EMT) by one pressure, one level per element and a stress offset the energies
+    do not show (a Pulay stress), the energies' slope gives the pressure, the stresses do
+    not; Au-rich cells being larger does not leak the levels into the slope; scattered
+    energies close the gate; too few picks never open it."""
+    from ase.calculators.emt import EMT
+    from ase.units import GPa
+
+    from pyacemaker_hpc.core.models import Label
+    from pyacemaker_hpc.steps.s5_label import apply_correction, fit_teacher_correction
+
+    cells = []
+    for k in range(8):
+        n_au = k % 4
+        a = bulk("Cu", "fcc", a=(3.6 + 0.15 * n_au) * (0.97 + 0.02 * (k // 4) + 0.005 * k), cubic=True)
+        for i in range(n_au):
+            a[i].symbol = "Au"
+        a.rattle(0.03, seed=k)
+        a.calc = EMT()
+        cells.append(a)
+    teacher = [Label(energy=a.get_potential_energy(), forces=a.get_forces(), stress=a.get_stress()) for a in cells]
+    dp, level, pulay = -2.0 * GPa, {"Cu": 0.05, "Au": -0.12}, 3.0 * GPa
+    voigt = np.array([1, 1, 1, 0, 0, 0], float)
+
+    def dft_label(a, t, noise=0.0):
+        e = t.energy - dp * a.get_volume() + sum(level[s] for s in a.get_chemical_symbols()) + noise * len(a)
+        return Label(energy=e, forces=t.forces, stress=t.stress - (dp + pulay) * voigt)
+
+    dft = LabelledSet(cells, [dft_label(a, t) for a, t in zip(cells, teacher)])
+    by_energy = fit_teacher_correction(dft, teacher, ["Cu", "Au"], energy=False, pressure=True, min_sigma=5,
+                                       source="energy")
+    assert by_energy["applied"] and by_energy["pressure_GPa"] == pytest.approx(-2.0, abs=1e-6)
+    assert by_energy["energy_rms_after_meV_atom"] < 1e-3 < by_energy["energy_rms_before_meV_atom"]
+    by_stress = fit_teacher_correction(dft, teacher, ["Cu", "Au"], energy=False, pressure=True, source="stress")
+    assert by_stress["pressure_GPa"] == pytest.approx(1.0)  # the Pulay stress on top
+    moved = apply_correction(cells, teacher, by_energy)
+    rest = [(d.energy - m.energy - sum(level[s] for s in a.get_chemical_symbols())) / len(a)
+            for a, d, m in zip(cells, dft.labels, moved)]
+    assert np.ptp(rest) < 1e-6  # only a constant is left: the slope is gone from every cell
+
+    scatter = [0.08 * (-1) ** k for k in range(len(cells))]  # +-80 meV/atom: the slope drowns
+    noisy = LabelledSet(cells, [dft_label(a, t, e) for a, t, e in zip(cells, teacher, scatter)])
+    gated = fit_teacher_correction(noisy, teacher, ["Cu", "Au"], energy=False, pressure=True, min_sigma=5,
+                                   source="energy")
+    assert not gated["applied"] and gated["z"] < 5 and gated["pressure_eV_per_A3"] == 0.0
+    few = LabelledSet(cells[:4], dft.labels[:4])  # 4 picks for 3 terms: no error estimate
+    assert not fit_teacher_correction(few, teacher[:4], ["Cu", "Au"], energy=False, pressure=True,
+                                      source="energy")["applied"]
+
+
 def test_teacher_energy_shift_is_per_element_and_reaches_only_the_ace_fits(tmp_path):
     """Step 5's shift of the teacher onto the DFT picks: one least-squares constant per
     element (a binary's compositions separate them), failed DFT ignored; steps 6-7 read

@@ -40,6 +40,8 @@ class SurrogateLabelling(Step):
             out["shift_to_dft"] = ctx.output_hash("step2_active_learning")
         if mace.teacher_pressure_shift:
             out["pressure_to_dft"] = [ctx.output_hash("step2_active_learning"), mace.teacher_pressure_min_sigma]
+            if mace.teacher_pressure_source != "stress":  # campaigns made before keep their hash
+                out["pressure_to_dft"].append(mace.teacher_pressure_source)
         return out
 
     def stale_outputs(self, ctx):
@@ -73,7 +75,8 @@ class SurrogateLabelling(Step):
             shift = fit_teacher_correction(dft, on_dft, cfg.system.elements,
                                            energy=cfg.mace.shift_teacher_to_dft,
                                            pressure=cfg.mace.teacher_pressure_shift,
-                                           min_sigma=cfg.mace.teacher_pressure_min_sigma)
+                                           min_sigma=cfg.mace.teacher_pressure_min_sigma,
+                                           source=cfg.mace.teacher_pressure_source)
             camp.write_json("metrics/teacher_energy_shift", shift)
             log.info("[step5] teacher labels moved onto the DFT picks: %s", shift)
             if is_null(shift):  # a closed pressure gate: the chain is the uncorrected one
@@ -110,6 +113,40 @@ def pressure_shift(dft: LabelledSet, teacher: list[Label], min_sigma: float = 0.
             "pressure_rms_after_GPa": float(np.sqrt(np.mean((dp - mean) ** 2)) / GPa)}
 
 
+def pressure_from_energies(dft: LabelledSet, teacher: list[Label], elements: list[str],
+                           min_sigma: float = 0.0) -> dict:
+    """The DFT - teacher pressure read from the energies: least squares of the per-atom
+    energy difference on the picks' composition fractions (one level per element) and
+    volume per atom, dP = -slope, with the slope's standard error. Plane-wave DFT at a
+    practical cutoff carries a Pulay stress the energies do not show (GPAW 300 eV, PBE Au:
+    stress pressure 0.3 GPa against -dE/dV 3.7 GPa), and pacemaker fits the energies, so
+    the energies' slope is the one to move; the gate is :func:`pressure_shift`'s. Needs
+    two picks more than fitted terms; the keys are :func:`pressure_shift`'s."""
+    use = [(at, d, t) for at, d, t in zip(dft.structures, dft.labels, teacher) if d.ok and t.ok and at.pbc.all()]
+    n = np.array([len(at) for at, _, _ in use], float)
+    frac = np.array([[at.get_chemical_symbols().count(el) for el in elements] for at, _, _ in use], float)
+    frac = frac[:, frac.sum(axis=0) > 0] / n[:, None] if len(use) else frac
+    if len(use) < frac.shape[1] + 3:
+        return {"pressure_eV_per_A3": 0.0, "applied": False, "n_energy": len(use), "source": "energy"}
+    vol = np.array([at.get_volume() for at, _, _ in use]) / n
+    diff = np.array([d.energy - t.energy for _, d, t in use]) / n
+    v_ref = float(vol.mean())
+    design = np.column_stack([frac, vol - v_ref])
+    coef = np.linalg.lstsq(design, diff, rcond=None)[0]
+    resid = diff - design @ coef
+    var = float(resid @ resid) / (len(diff) - design.shape[1])
+    sem = float(np.sqrt(var * np.linalg.pinv(design.T @ design)[-1, -1]))
+    mean = -float(coef[-1])
+    z = abs(mean) / max(sem, 1e-12)
+    applied = bool(min_sigma == 0 or z >= min_sigma)
+    before = diff - frac @ np.linalg.lstsq(frac, diff, rcond=None)[0]  # the levels alone
+    return {"pressure_eV_per_A3": mean if applied else 0.0, "applied": applied, "z": float(z),
+            "pressure_GPa": mean / GPa, "reference_volume_A3_per_atom": v_ref,
+            "pressure_sem_GPa": sem / GPa, "n_energy": len(use), "source": "energy",
+            "energy_rms_before_meV_atom": float(np.sqrt(np.mean(before ** 2)) * 1000),
+            "energy_rms_after_meV_atom": float(np.sqrt(np.mean(resid ** 2)) * 1000)}
+
+
 def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) -> dict:
     """Per-element shifts (eV/atom) minimising sum_i (E_dft - E_teacher - n_i . shift)^2
     over the usable DFT picks (lstsq's minimum-norm answer when the compositions cannot
@@ -131,11 +168,17 @@ def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) ->
 
 
 def fit_teacher_correction(dft: LabelledSet, teacher: list[Label], elements: list[str], *,
-                           energy: bool, pressure: bool, min_sigma: float = 0.0) -> dict:
-    """What :func:`apply_correction` needs: the pressure term first (from stresses, so the
-    distorted picks' energies do not set the slope), then per-element energy shifts fitted
-    on the pressure-corrected teacher energies; a term that is off is stored as zero."""
-    out = pressure_shift(dft, teacher, min_sigma) if pressure else {"pressure_eV_per_A3": 0.0}
+                           energy: bool, pressure: bool, min_sigma: float = 0.0,
+                           source: str = "stress") -> dict:
+    """What :func:`apply_correction` needs: the pressure term first (``source``: from the
+    energies' volume slope, or from the stresses), then per-element energy shifts fitted on
+    the pressure-corrected teacher energies; a term that is off is stored as zero."""
+    if not pressure:
+        out = {"pressure_eV_per_A3": 0.0}
+    elif source == "energy":
+        out = pressure_from_energies(dft, teacher, elements, min_sigma)
+    else:
+        out = pressure_shift(dft, teacher, min_sigma)
     moved = apply_correction(dft.structures, teacher, out)
     if energy:
         out.update(energy_shift(dft, moved, elements))
