@@ -123,9 +123,9 @@ def pressure_from_energies(dft: LabelledSet, teacher: list[Label], elements: lis
     the energies' slope is the one to move; the gate is :func:`pressure_shift`'s. Needs
     two picks more than fitted terms; the keys are :func:`pressure_shift`'s."""
     use = [(at, d, t) for at, d, t in zip(dft.structures, dft.labels, teacher) if d.ok and t.ok and at.pbc.all()]
-    n = np.array([len(at) for at, _, _ in use], float)
-    frac = np.array([[at.get_chemical_symbols().count(el) for el in elements] for at, _, _ in use], float)
-    frac = frac[:, frac.sum(axis=0) > 0] / n[:, None] if len(use) else frac
+    counts = _element_counts([at for at, _, _ in use], elements)
+    n = counts.sum(axis=1)
+    frac = counts[:, counts.sum(axis=0) > 0] / np.maximum(n, 1)[:, None]
     if len(use) < frac.shape[1] + 3:
         return {"pressure_eV_per_A3": 0.0, "applied": False, "n_energy": len(use), "source": "energy"}
     vol = np.array([at.get_volume() for at, _, _ in use]) / n
@@ -155,7 +155,7 @@ def energy_shift(dft: LabelledSet, teacher: list[Label], elements: list[str]) ->
              if d.ok and t.ok]
     if not pairs:
         return {"shift_eV_per_atom": {el: 0.0 for el in elements}, "n_dft": 0}
-    counts = np.array([[at.get_chemical_symbols().count(el) for el in elements] for at, _, _ in pairs], float)
+    counts = _element_counts([at for at, _, _ in pairs], elements)
     diff = np.array([d - t for _, d, t in pairs])
     delta = np.linalg.lstsq(counts, diff, rcond=None)[0]
     n = counts.sum(axis=1)
@@ -211,6 +211,12 @@ def apply_correction(structures: list, labels: list[Label], shift: dict) -> list
 def is_null(shift: dict) -> bool:
     """True when a stored correction moves no label (pressure gate closed, no energy shift)."""
     return not shift.get("pressure_eV_per_A3") and not any(shift.get("shift_eV_per_atom", {}).values())
+
+
+def _element_counts(structures: list, elements: list[str]) -> np.ndarray:
+    """Atoms of each element per structure, shape (len(structures), len(elements))."""
+    return np.array([[at.get_chemical_symbols().count(el) for el in elements] for at in structures],
+                    float).reshape(len(structures), len(elements))
 
 
 def _has_stress(lab: Label) -> bool:
