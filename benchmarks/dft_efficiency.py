@@ -141,6 +141,28 @@ def set_dotted(d: dict, key: str, value) -> None:
         d[parts[-1]] = value
 
 
+def ran_config(d: Path) -> dict | None:
+    """The resolved config a campaign last ran with (its ``config_yaml`` attribute)."""
+    import h5py
+
+    with h5py.File(d / "campaign.h5", "r", locking=False) as f:
+        text = f.attrs.get("config_yaml")
+    return yaml.safe_load(text) if text else None
+
+
+def same_config(ran: dict | None, cfg: dict) -> bool:
+    """``cfg`` validates to what the campaign ran with. Compared resolved, not as YAML text:
+    a changed schema default (or one that resolves differently, like ``auto``) makes a
+    finished campaign stale even when the study's YAML is unchanged; keys added to the schema
+    since take their defaults on both sides."""
+    from pyacemaker_hpc.config import ConfigError, config_text, parse_config
+
+    try:
+        return ran is not None and config_text(parse_config(ran)) == config_text(parse_config(cfg))
+    except ConfigError:
+        return False
+
+
 def run_name(method: str, tag: str, n: int, seed: int) -> str:
     return f"{method}{'-' + tag if tag else ''}_n{n}_s{seed}"
 
@@ -461,8 +483,7 @@ def main(argv=None) -> int:
             for n in args.n_dft:
                 for method in args.methods:
                     cfg, d = make_config(base, method, n, seed, args.tag, args.overrides, holdout, runs)
-                    if read_campaign(d / "campaign.h5") is not None and (d / "config.yaml").is_file() \
-                            and yaml.safe_load((d / "config.yaml").read_text()) == cfg:
+                    if read_campaign(d / "campaign.h5") is not None and same_config(ran_config(d), cfg):
                         print(f"{d.name}: finished, same config (kept)", flush=True)
                         continue
                     src = None

@@ -187,3 +187,28 @@ def test_dft_only_baseline_key_follows_the_basis_not_step7(tmp_path):
     assert key(select_weight_dft=[30, 300]) == base
     assert key(delta_max_iterations=50) == base
     assert dft_only_fit_key(load_config(_write(tmp_path, MINIMAL)), {"Cu": -2.0}, "labels") != base
+
+
+def test_teacher_shift_auto_resolves_by_element_count_and_explicit_values_stay(tmp_path):
+    """``mace.shift_teacher_to_dft: auto`` (the default) is resolved at load, so the step-5
+    input hash and the recorded config carry the value that ran: on for an alloy (one
+    energy level per element to put on the DFT picks), off for one element; a bad value
+    names the key."""
+    import copy
+
+    from pyacemaker_hpc.config import config_text
+
+    binary = copy.deepcopy(MINIMAL)
+    binary["system"] = {"elements": ["Cu", "Au"],
+                        "prototypes": [{"element": "Cu", "structure": "l12", "elements": ["Cu", "Au"], "a": 3.79}]}
+    assert load_config(_write(tmp_path, MINIMAL)).mace.shift_teacher_to_dft is False
+    cfg = load_config(_write(tmp_path, binary))
+    assert cfg.mace.shift_teacher_to_dft is True
+    assert "shift_teacher_to_dft: true" in config_text(cfg)
+    for given in (False, True):
+        data = copy.deepcopy(binary if not given else MINIMAL)
+        data["mace"] = {"shift_teacher_to_dft": given}
+        assert load_config(_write(tmp_path, data)).mace.shift_teacher_to_dft is given
+    bad = copy.deepcopy(MINIMAL)
+    bad["mace"] = {"shift_teacher_to_dft": "sometimes"}
+    assert "mace.shift_teacher_to_dft" in _err(tmp_path, bad)
