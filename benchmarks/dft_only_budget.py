@@ -44,17 +44,16 @@ def refit(campaign_dir: Path, iterations: int, workdir: Path, preset: str | None
     with Campaign(campaign_dir / "campaign.h5", readonly=True) as camp:
         e0 = camp.read_json("metrics/e0")
         dft, holdout = camp.labelled_set("dft", "dft"), camp.labelled_set("holdout", "dft")
-    model = finished_fit(workdir / "fit", iterations, dft, preset)
+    model = finished_fit(workdir / "fit", iterations, dft)
     if model is None:  # the evaluation step's own fit (same task, same E0 reference), only the budget changed
         model = ace_fit_task(cfg, e0, dft, str(workdir / "fit"), "ace_dft_only")
-        if preset is not None:
-            (workdir / "fit" / "preset.txt").write_text(preset)
     return errors(holdout, predict(model, holdout.structures, str(workdir / "eval")))
 
 
-def finished_fit(fit_dir: Path, iterations: int, dft, preset: str | None):
-    """The potential of an earlier run of the same re-fit (same budget and basis, same
-    number of labels, exported .yace present), so a re-run only re-scores it; else None."""
+def finished_fit(fit_dir: Path, iterations: int, dft):
+    """The potential of an earlier run of the same re-fit (same budget, same number of
+    labels, exported .yace present; the basis is in ``fit_dir``'s name), so a re-run only
+    re-scores it; else None."""
     import pandas as pd
     import yaml
 
@@ -65,9 +64,7 @@ def finished_fit(fit_dir: Path, iterations: int, dft, preset: str | None):
         return None
     fit = (yaml.safe_load(inp.read_text()) or {}).get("fit", {})
     n_train = len(pd.read_pickle(fit_dir / "train.pckl.gzip", compression="gzip"))
-    stamp = fit_dir / "preset.txt"
-    if int(fit.get("maxiter", -1)) != iterations or n_train != len(dft.usable()) \
-            or (stamp.read_text().strip() if stamp.is_file() else None) != preset:
+    if int(fit.get("maxiter", -1)) != iterations or n_train != len(dft.usable()):
         return None
     print(f"  {fit_dir}: finished re-fit found, re-scored", flush=True)
     return TrainedModel(name="ace_dft_only", kind="ace", files={".yace": yace.read_bytes()})
