@@ -43,10 +43,21 @@ def status_text(camp: Campaign) -> str:
     for name, m in ev.get("models", {}).items():
         if m.get("n"):
             lines.append(f"  {name:<26} E {m['energy_rmse_meV_atom']:8.1f} meV/atom  F {m['force_rmse_meV_A']:7.1f} meV/A")
-    rho = _spearman_line(ev)
-    if rho:
-        lines.append(f"  {rho}")
+    for line in (_spearman_line(ev), extrapolation_line(ev.get("extrapolation"))):
+        if line:
+            lines.append(f"  {line}")
     return "\n".join(lines)
+
+
+def extrapolation_line(ext: dict | None) -> str | None:
+    """One line on the final ACE's extrapolation grade over the held-out cells."""
+    if not ext or not ext.get("n"):
+        return None
+    within, beyond = ext["force_rmse_within_meV_A"], ext["force_rmse_beyond_meV_A"]
+    return (f"final ACE extrapolation grade on the held-out cells: {ext['n_beyond']} of {ext['n']} above "
+            f"gamma {ext['threshold']:g} (max {ext['max_gamma']:.2f}); force RMSE "
+            + (f"{within:.1f} meV/A within" if within is not None else "none within")
+            + (f", {beyond:.1f} meV/A beyond" if beyond is not None else ""))
 
 
 def _spearman_line(ev: dict) -> str | None:

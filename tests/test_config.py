@@ -212,3 +212,35 @@ def test_teacher_shift_auto_resolves_by_element_count_and_explicit_values_stay(t
     bad = copy.deepcopy(MINIMAL)
     bad["mace"] = {"shift_teacher_to_dft": "sometimes"}
     assert "mace.shift_teacher_to_dft" in _err(tmp_path, bad)
+
+
+def test_ace_preset_auto_grows_the_basis_for_alloys_and_explicit_presets_stay(tmp_path):
+    """``pacemaker.preset: auto`` (the default) is resolved at load: ``small`` (30 functions
+    per element) for one element, ``medium`` (100) for two or more, where the cross terms
+    need them; the recorded config carries the resolved preset, an explicit one is kept,
+    and a bad value names the key."""
+    import copy
+
+    from pyacemaker_hpc.config import config_text
+    from pyacemaker_hpc.trainer.pacemaker import PacemakerTrainer
+
+    binary = copy.deepcopy(MINIMAL)
+    binary["system"] = {"elements": ["Cu", "Au"],
+                        "prototypes": [{"element": "Cu", "structure": "l12", "elements": ["Cu", "Au"], "a": 3.79}]}
+    unary = load_config(_write(tmp_path, MINIMAL))
+    assert unary.pacemaker.preset == "small"
+    alloy = load_config(_write(tmp_path, binary))
+    assert alloy.pacemaker.preset == "medium"
+    assert "preset: medium" in config_text(alloy)
+    assert PacemakerTrainer(alloy.pacemaker, ["Cu", "Au"]).functions_per_element == 100
+    assert PacemakerTrainer(unary.pacemaker, ["Cu"]).functions_per_element == 30
+    data = copy.deepcopy(binary)
+    data["pacemaker"] = {"preset": "small"}
+    assert load_config(_write(tmp_path, data)).pacemaker.preset == "small"
+    bad = copy.deepcopy(MINIMAL)
+    bad["pacemaker"] = {"preset": "huge"}
+    assert "pacemaker.preset" in _err(tmp_path, bad)
+    # a trainer built from a bare PacemakerCfg (no Config around it) applies the same rule
+    from pyacemaker_hpc.config import PacemakerCfg
+    assert PacemakerTrainer(PacemakerCfg(), ["Au", "Cu"]).functions_per_element == 100
+    assert PacemakerTrainer(PacemakerCfg(), ["Cu"]).functions_per_element == 30

@@ -328,3 +328,27 @@ def test_extrapolation_grades_high_for_far_off_structures(base, tmp_path):
                                                          if k != ".asi"})
     with pytest.raises(ValueError, match="active set"):
         extrapolation_grades(no_asi, like, str(tmp_path / "x"))
+
+
+def test_holdout_extrapolation_summary_separates_extrapolated_cells(base, tmp_path):
+    """The evaluation's gamma summary on a real fit: 20 %-compressed cells the training set
+    never saw exceed the threshold and carry the larger force error; the report line says so."""
+    from pyacemaker_hpc.report import extrapolation_line
+    from pyacemaker_hpc.steps.evaluate import extrapolation_summary, per_structure_errors
+
+    model, _ = base
+    cells = perturbed_bulk("Cu", n=6, seed=11)
+    for at in perturbed_bulk("Cu", n=3, seed=12):
+        at.set_cell(at.cell * 0.8, scale_atoms=True)
+        cells.append(at)
+    ref = label_with(cells)
+    gamma = extrapolation_grades(model, cells, str(tmp_path / "g"))
+    err = per_structure_errors(ref, predict(model, cells, str(tmp_path / "p")))
+    threshold = float(np.sqrt(gamma[:6].max() * gamma[6:].min()))
+    ext = extrapolation_summary(gamma, err, threshold)
+    assert ext["n"] == 9 and ext["n_beyond"] == 3, gamma
+    assert ext["force_rmse_beyond_meV_A"] > 2 * ext["force_rmse_within_meV_A"], ext
+    assert ext["spearman_gamma_vs_max_force_error"] > 0  # the far cells top both rankings
+    assert ext["max_gamma"] == pytest.approx(gamma.max())
+    line = extrapolation_line(ext)
+    assert "3 of 9 above" in line and f"{ext['force_rmse_beyond_meV_A']:.1f} meV/A beyond" in line

@@ -72,6 +72,10 @@ def test_full_pipeline_serial(serial_run):
     drift = ev["drift_from_foundation"]  # fine-tuning moved the teacher, by a finite amount
     assert drift["n"] == 6 and drift["method"] == "naive"
     assert 0 < drift["force_rmse_meV_A"] < 1e4 and np.isfinite(drift["energy_rmse_shifted_meV_atom"])
+    ext = ev["extrapolation"]  # the final ACE's gamma on every held-out cell, from its .asi
+    assert ext["n"] == 5 and ext["max_gamma"] > 0 and ext["threshold"] == 5.0
+    assert ext["n_beyond"] + (ext["force_rmse_within_meV_A"] is not None) >= 1
+    assert "final ACE extrapolation grade on the held-out cells" in res.stdout
     out = tmp / "results"
     for name in ("potential.yaml", "potential.yace", "potential.asi", "mace_finetuned.model",
                  "dft_dft.xyz", "surrogate_mace.xyz", "holdout_dft.xyz", "in.lammps", "metrics.json"):

@@ -142,6 +142,41 @@ def store_uncertainty(camp, unc: Uncertainty, err: dict[str, np.ndarray]) -> Non
             camp.write_array(f"metrics/holdout_uncertainty/{key}", arr)
 
 
+def extrapolation_summary(gamma: np.ndarray, err: dict[str, np.ndarray], threshold: float) -> dict:
+    """How the final ACE's extrapolation grade on the held-out cells tracks its errors: the
+    cells above ``threshold`` (what a user's MD with the .asi would flag) and the force RMSE
+    inside and beyond it, so a held-out mean carried by one extrapolated cell shows as such."""
+    ok = np.isfinite(gamma) & np.isfinite(err["rms_force_error"])
+    beyond = ok & (gamma > threshold)
+
+    def rmse(mask) -> float | None:
+        return 1000 * float(np.sqrt(np.mean(err["rms_force_error"][mask] ** 2))) if mask.any() else None
+
+    return {"threshold": float(threshold), "n": int(ok.sum()), "n_beyond": int(beyond.sum()),
+            "max_gamma": float(np.max(gamma[ok])) if ok.any() else None,
+            "force_rmse_within_meV_A": rmse(ok & ~beyond), "force_rmse_beyond_meV_A": rmse(beyond),
+            "spearman_gamma_vs_max_force_error": spearman(gamma, err["max_force_error"])}
+
+
+def extrapolation_on_holdout(ctx: StepContext, ho: LabelledSet, pred: list[Label]) -> dict | None:
+    """The final ACE's max extrapolation grade per held-out cell (its exported .asi) and the
+    errors beside it, into ``/metrics/holdout_extrapolation/``; None without an active set
+    (pacemaker builds none for a basis larger than its training environments)."""
+    from ..trainer.active_set import extrapolation_grades
+
+    try:
+        gamma = extrapolation_grades(ctx.camp.load_model("ace_final"), ho.structures,
+                                     str(ctx.workdir / "eval" / "gamma"))
+    except ValueError as exc:
+        log.warning("[evaluate] no extrapolation grades on the held-out set: %s", exc)
+        return None
+    err = per_structure_errors(ho, pred)
+    with ctx.camp.transaction():
+        for key, arr in {"gamma": gamma, **err}.items():
+            ctx.camp.write_array(f"metrics/holdout_extrapolation/{key}", arr)
+    return extrapolation_summary(gamma, err, ctx.cfg.evaluation.gamma_threshold)
+
+
 def plain_loop_curve(ctx: StepContext, ho: LabelledSet) -> list[dict]:
     """Held-out errors of every plain-loop iteration's ACE (``ace_iter<k>``) against the
     DFT labels it was fitted on: the loop's learning curve on data no iteration saw."""
@@ -279,7 +314,9 @@ class Evaluate(Step):
             record("ace_base", "base ACE (step 6)", ace_predictions(ctx, "ace_base", ho.structures))
         else:
             summary["learning_curve"] = plain_loop_curve(ctx, ho)
-        record("ace_final", "final ACE", ace_predictions(ctx, "ace_final", ho.structures))
+        final = ace_predictions(ctx, "ace_final", ho.structures)
+        record("ace_final", "final ACE", final)
+        summary["extrapolation"] = extrapolation_on_holdout(ctx, ho, final)
         if cfg.evaluation.compare_dft_only and cfg.distillation.enable_mace_distillation:
             dft_only_ace(ctx, dft, energy_reference(ctx))
             record("ace_dft_only", "ACE on DFT labels only", ace_predictions(ctx, "ace_dft_only", ho.structures))
@@ -301,8 +338,14 @@ def print_table(summary: dict) -> None:
         lines.append(f"fine-tuned ({drift['method']}) minus foundation MACE on {drift['n']} off-distribution "
                      f"cells: E {drift['energy_rmse_shifted_meV_atom']:.1f} meV/atom (offset removed), "
                      f"F {drift['force_rmse_meV_A']:.1f} meV/A")
+    from ..report import extrapolation_line
+
+    line = extrapolation_line(summary.get("extrapolation"))
+    if line:
+        lines.append(line)
     rho = (summary.get("uncertainty") or {}).get("spearman_force_std_vs_max_force_error")
     if rho is not None:
         lines.append(f"committee force spread vs foundation's largest force error: Spearman rho {rho:.2f} "
                      f"(n={summary['uncertainty']['n']})")
     print("\n".join(lines), flush=True)
+

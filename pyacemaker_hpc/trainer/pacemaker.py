@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 from ase import Atoms
 
-from ..config import PacemakerCfg
+from ..config import PacemakerCfg, auto_ace_preset
 from ..core.models import Label, LabelledSet, TrainedModel
 from ..tools.logged_run import run_with_progress
 
@@ -304,7 +304,8 @@ class PacemakerTrainer:
     # --------------------------------------------------------------------------------
     @property
     def functions_per_element(self) -> int:
-        return int(self.cfg.number_of_functions_per_element or PRESET_FUNCTIONS[self.cfg.preset])
+        preset = auto_ace_preset(self.elements) if self.cfg.preset == "auto" else self.cfg.preset
+        return int(self.cfg.number_of_functions_per_element or PRESET_FUNCTIONS[preset])
 
     def resolve_e0(self, train: LabelledSet, initial: TrainedModel | None = None) -> dict[str, float]:
         if self.e0 is not None:
