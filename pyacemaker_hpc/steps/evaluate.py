@@ -348,4 +348,3 @@ def print_table(summary: dict) -> None:
         lines.append(f"committee force spread vs foundation's largest force error: Spearman rho {rho:.2f} "
                      f"(n={summary['uncertainty']['n']})")
     print("\n".join(lines), flush=True)
-
