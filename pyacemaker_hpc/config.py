@@ -11,7 +11,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -148,13 +148,14 @@ class _Kpoints(_Strict):
         size, _ = kpts2sizeandoffsets(density=self.kpoint_density, gamma=True, atoms=atoms)
         return tuple(int(k) for k in size)
 
+    #: keys added after labels were first cached, with the value those labels had: left
+    #: out of ``identity`` at that value, so that earlier labels are still found
+    _added_later: ClassVar[dict[str, Any]] = {"kpoint_mesh": None}
+
     def identity(self) -> dict:
-        """What decides the numbers, for cache keys: an unset ``kpoint_mesh`` is left out,
-        so that labels computed before the key existed are still found."""
+        """What decides the numbers, for cache keys (``_added_later`` left out at its value)."""
         d = self.model_dump(mode="json")
-        if d.get("kpoint_mesh") is None:
-            d.pop("kpoint_mesh", None)
-        return d
+        return {k: v for k, v in d.items() if k not in self._added_later or v != self._added_later[k]}
 
 
 class VaspCfg(_Kpoints):
@@ -202,13 +203,7 @@ class GpawCfg(_Kpoints):
     pulay_stress: Literal["estimate", "none"] = "none"
     extra: dict[str, Any] = {}
 
-    def identity(self) -> dict:
-        """As ``_Kpoints.identity``; ``pulay_stress: none`` is left out too: the labels
-        computed before the key existed are GPAW's stress as it is."""
-        d = super().identity()
-        if d.get("pulay_stress") == "none":
-            d.pop("pulay_stress")
-        return d
+    _added_later: ClassVar[dict[str, Any]] = {**_Kpoints._added_later, "pulay_stress": "none"}
 
 
 class AseCalcCfg(_Strict):
