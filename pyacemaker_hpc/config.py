@@ -282,8 +282,7 @@ class FinetuneCfg(_Strict):
     #: labels) measured best on Cu with weight_dft_forces 100: final ACE forces 6.9 -> 6.4
     #: meV/A at 10 calls, 5.7 -> 5.5 at 20, level at 40-80; naive with the same weights lost
     #: (7.9, 5.9). Costs 3-6 min of CPU fine-tuning instead of 20-70 s (README). A foundation
-    #: far from the DFT (the Cu-Au stand-in, 36 meV/A) wants naive with valid_fraction 0:
-    #: final ACE 10 calls 14.3/29.2 -> 13.2/24.2, 20 calls 8.0/29.3 -> 5.1/19.1 (configs/cuau.yaml)
+    #: far from the DFT wants naive with valid_fraction 0 (the Cu-Au stand-in: configs/cuau.yaml)
     method: Literal["naive", "multihead"] = "multihead"
     #: multihead: pool structures the foundation labels for the replay head (offline replay)
     replay_size: int = Field(200, gt=0)
