@@ -306,9 +306,10 @@ class FinetuneCfg(_Strict):
     ema_decay: Optional[float] = Field(None, gt=0, lt=1)
     valid_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 1
-    #: candidate loss settings (dicts of energy_weight, forces_weight, stress_weight, lr, e0s)
-    #: cross-validated on the DFT labels before step 3 fine-tunes with the best; empty: the
-    #: settings above are used as they are
+    #: candidate settings (dicts of energy_weight, forces_weight, stress_weight, lr, e0s,
+    #: method) cross-validated on the DFT labels before step 3 fine-tunes with the best;
+    #: empty: the settings above are used as they are. [{method: naive}, {method: multihead}]
+    #: lets the user's own labels say whether the foundation's replay helps
     select_by_validation: list[dict[str, float | str]] = []
     cv_folds: int = Field(3, ge=2)
 
@@ -317,17 +318,25 @@ class FinetuneCfg(_Strict):
         parse_e0s(self.e0s, self.method)
         numeric = ("energy_weight", "forces_weight", "stress_weight", "lr")
         for cand in self.select_by_validation:
-            bad = sorted(set(cand) - set(numeric) - {"e0s"})
+            bad = sorted(set(cand) - set(numeric) - {"e0s", "method"})
             if bad or not cand:
                 raise ValueError(f"select_by_validation: each candidate sets some of "
-                                 f"{[*numeric, 'e0s']}; got {cand}")
+                                 f"{[*numeric, 'e0s', 'method']}; got {cand}")
+            method = cand.get("method", self.method)
             for k, x in cand.items():
-                if k == "e0s":
-                    parse_e0s(str(x), self.method)  # the error names the key and the choices
+                if k == "method":
+                    if x not in ("naive", "multihead"):
+                        raise ValueError(f"select_by_validation: method must be naive or multihead; got {cand}")
+                elif k == "e0s":
+                    parse_e0s(str(x), method)  # the error names the key and the choices
                 elif isinstance(x, str) or x < 0 or (k == "lr" and x == 0):
                     raise ValueError(f"select_by_validation: {k} must be a number, >= 0 (lr > 0); "
                                      f"got {cand}")
         return self
+
+    def uses_multihead(self) -> bool:
+        """True when a fit of step 3 (the configured one or a validated candidate) replays."""
+        return "multihead" in (self.method, *(c.get("method") for c in self.select_by_validation))
 
 
 class MdCfg(_Strict):

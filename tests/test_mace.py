@@ -332,6 +332,36 @@ def test_select_by_validation_keys_are_checked():
         FinetuneCfg(select_by_validation=[{"lr": "fast"}])
     with pytest.raises(ValueError, match="mace.finetune.e0s"):  # the key itself, before any step
         FinetuneCfg(e0s="avrage")
+    # the method is a candidate key: replay is then needed even where the config says naive
+    both = FinetuneCfg(method="naive", select_by_validation=[{"method": "naive"}, {"method": "multihead"}])
+    assert both.uses_multihead() and not FinetuneCfg(method="naive").uses_multihead()
+    with pytest.raises(ValueError, match="naive or multihead"):
+        FinetuneCfg(select_by_validation=[{"method": "replay"}])
+    with pytest.raises(ValueError, match="multihead"):  # average E0s refused for that candidate
+        FinetuneCfg(method="naive", select_by_validation=[{"method": "multihead", "e0s": "average"}])
+    assert FinetuneCfg(method="multihead", select_by_validation=[{"method": "naive", "e0s": "average"}])
+
+
+def test_finetune_method_chosen_by_cross_validation(tiny_mace_model, tmp_path):
+    """naive against multihead on the user's labels: each candidate runs its own method
+    (multihead with the replay set), and the table says which one each row was."""
+    from pyacemaker_hpc.trainer.finetune_selection import select_finetune_loss
+
+    data = label_with(perturbed_bulk("Cu", n=4, seed=41, strain=0.06))
+    replay = foundation_replay_set(str(tiny_mace_model), perturbed_bulk("Cu", n=3, seed=42))
+    base = FinetuneCfg(method="naive", e0s="estimated", batch_size=2,
+                       select_by_validation=[{"method": "naive"}, {"method": "multihead"}])
+    used = []
+
+    def fit(overrides, train, valid, wd):
+        model = MaceFinetuner(str(tiny_mace_model), 1, base.model_copy(update=overrides),
+                              replay=replay).fit(train, wd, name="cv", valid=valid)
+        used.append((overrides["method"], model.metrics["multihead"], model.metrics["n_replay"]))
+        return model
+
+    chosen, table = select_finetune_loss(fit, data, base.select_by_validation, str(tmp_path), folds=2)
+    assert sorted(set(used)) == [("multihead", 1.0, 3.0), ("naive", 0.0, 0.0)] and len(used) == 4
+    assert chosen in base.select_by_validation and [r["overrides"]["method"] for r in table] == ["naive", "multihead"]
 
 
 def test_teacher_pressure_shift_removes_a_pressure_offset_and_keeps_forces_and_stress_consistent():

@@ -127,11 +127,13 @@ def off_distribution_structures(cfg, seed: int) -> list:
 
 def drift_from_foundation(ctx: StepContext, foundation: str, finetuned: str) -> dict:
     """Fine-tuned minus foundation MACE on off-distribution cells: energy (raw and offset
-    removed, meV/atom) and force (meV/A) RMS differences, with the fine-tuning method."""
+    removed, meV/atom) and force (meV/A) RMS differences, with the fine-tuning method the
+    teacher was trained by (``select_by_validation`` may have chosen it)."""
     cells = off_distribution_structures(ctx.cfg, ctx.cfg.seed + 104729)
     ref = LabelledSet(cells, mace_predictions(ctx, foundation, cells))
-    return {**errors(ref, mace_predictions(ctx, finetuned, cells)),
-            "method": ctx.cfg.mace.finetune.method}
+    flag = ctx.camp.load_model("mace_ft_0").metrics.get("multihead")
+    method = ctx.cfg.mace.finetune.method if flag is None else ("multihead" if flag else "naive")
+    return {**errors(ref, mace_predictions(ctx, finetuned, cells)), "method": method}
 
 
 def store_uncertainty(camp, unc: Uncertainty, err: dict[str, np.ndarray]) -> None:

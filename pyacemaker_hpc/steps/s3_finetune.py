@@ -31,11 +31,12 @@ def replay_pick(cfg, n_pool: int) -> np.ndarray:
 
 
 def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
-    """multihead only: the foundation's labels on a seeded sample of the step-1 pool."""
+    """multihead only (configured or a validated candidate): the foundation's labels on a
+    seeded sample of the step-1 pool."""
     from ..oracle.mace_surrogate import pick_device
 
     cfg, camp = ctx.cfg, ctx.camp
-    if cfg.mace.finetune.method != "multihead":
+    if not cfg.mace.finetune.uses_multihead():
         return None
     if ctx.resuming and camp.has_labels("replay", "foundation"):
         return camp.labelled_set("replay", "foundation")
