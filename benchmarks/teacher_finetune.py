@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/teacher_finetune.py --name cu_rpbe [--tag T] [--n-dft 10 20] \
         [--seeds 1 2 3] --variant default --variant ep150:epochs=150 \
-        --variant lr3e3:lr=0.003 --variant mh:method=multihead --variant ens3:members=3
+        --variant lr3e3:lr=0.003 --variant mh:method=multihead --variant ens3:members=3 \
+        --variant 'cvm:select_by_validation=[{method: naive}, {method: multihead}]'
 
 The final ACE can only be as good as the labels of steps 4-5 where the DFT labels do not
 reach, so the teacher's held-out error is the floor the distillation sits on. Fine-tuning
@@ -11,7 +12,8 @@ screened here first. For every campaign ``distill[-T]_n<N>_s<seed>`` of the stud
 (``runs/benchmarks/dft_efficiency/STUDY``) and every ``--variant NAME:key=val,...`` this
 fine-tunes the campaign's foundation on the campaign's own DFT labels with step 3's own task
 (``finetune_task``; ``key`` is a field of ``mace.finetune``, or ``epochs``, or
-``members=K``: K fine-tuned seeds whose mean labels the cells) and scores it on the
+``members=K``: K fine-tuned seeds whose mean labels the cells; with ``select_by_validation``
+the candidates are cross-validated first, as step 3 does, and the choice is recorded) and scores it on the
 campaign's held-out set: E RMSE (meV/atom), E with the mean per-atom offset removed, F
 RMSE (meV/A). It works in ``runs/benchmarks/teacher_finetune/STUDY/`` and writes
 ``runs/benchmarks/teacher_finetune[_STUDY].json`` (mean and per seed).
@@ -29,11 +31,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "runs" / "benchmarks"
 
 
+def top_level_items(text: str) -> list[str]:
+    """``text`` split at the commas outside YAML brackets and braces."""
+    items, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [x for x in (*items, cur) if x.strip()]
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME:key=val,key=val`` (values as YAML) -> (NAME, {key: val})."""
+    """``NAME:key=val,key=val`` (values as YAML, lists and dicts included) -> (NAME, {key: val})."""
     name, _, rest = text.partition(":")
     sets = {}
-    for item in filter(None, rest.split(",")):
+    for item in top_level_items(rest):
         key, eq, val = item.partition("=")
         if not eq:
             raise SystemExit(f"--variant {text!r}: expected key=value, got {item!r}")
@@ -60,7 +75,7 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
     from pyacemaker_hpc.oracle.mace_surrogate import resolve_model
     from pyacemaker_hpc.steps.evaluate import errors
     from pyacemaker_hpc.steps.s3_finetune import replay_pick
-    from pyacemaker_hpc.steps.tasks import finetune_task
+    from pyacemaker_hpc.steps.tasks import finetune_selection_task, finetune_task
     from pyacemaker_hpc.trainer.mace_finetune import foundation_replay_set
 
     cfg = load_config(campaign_dir / "config.yaml")
@@ -74,18 +89,25 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
         pool = camp.read_structures("pool")
     base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
     replay = None
-    if cfg.mace.finetune.method == "multihead":  # step 3's replay: foundation labels on pool cells
+    if cfg.mace.finetune.uses_multihead():  # step 3's replay: foundation labels on pool cells
         replay = foundation_replay_set(base, [pool[i] for i in replay_pick(cfg, len(pool))],
                                        default_dtype=cfg.mace.default_dtype)
+    chosen, cv = {}, []
+    if cfg.mace.finetune.select_by_validation:  # step 3's own choice, as choose_loss makes it
+        chosen, cv = finetune_selection_task(cfg, base, dft, str(workdir / "selection"), replay)
     paths = []
     for k in range(members):
         name = f"mace_ft_{k}"
         model = finetune_task(cfg, base, dft, str(workdir / name), cfg.mace.finetune.seed + k, name,
-                              None, None, replay)
+                              None, chosen, replay)
         paths.append(str(model.write(workdir / "models", stem=name)[".model"]))
     err = errors(holdout, mean_labels(holdout.structures, paths, cfg))
-    return {"E": err["energy_rmse_meV_atom"], "E_shifted": err["energy_rmse_shifted_meV_atom"],
-            "F": err["force_rmse_meV_A"]}
+    out = {"E": err["energy_rmse_meV_atom"], "E_shifted": err["energy_rmse_shifted_meV_atom"],
+           "F": err["force_rmse_meV_A"]}
+    if cv:
+        out.update(chosen=chosen, cv=[{k: r[k] for k in ("overrides", "cv_energy_meV_atom", "cv_forces_meV_A")}
+                                      for r in cv])
+    return out
 
 
 def main(argv=None) -> None:
@@ -117,7 +139,10 @@ def main(argv=None) -> None:
                 per_seed[str(seed)] = teacher_error(d, sets, BENCH / "teacher_finetune" / args.name / vname / d.name)
                 r = per_seed[str(seed)]
                 print(f"{vname:<12} N={n:<3} seed {seed}: E {r['E']:.1f} [{r['E_shifted']:.1f}] meV/atom  "
-                      f"F {r['F']:.1f} meV/A", flush=True)
+                      f"F {r['F']:.1f} meV/A" + (f"  chosen {r['chosen']}" if "chosen" in r else ""), flush=True)
+                for c in r.get("cv", []):
+                    print(f"    CV {c['overrides']}: E {c['cv_energy_meV_atom']:.1f} meV/atom  "
+                          f"F {c['cv_forces_meV_A']:.1f} meV/A", flush=True)
             if per_seed:
                 m = {q: float(np.mean([r[q] for r in per_seed.values()])) for q in ("E", "E_shifted", "F")}
                 table = json.loads(out.read_text()) if out.is_file() else {}  # another stream may have written
