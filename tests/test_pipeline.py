@@ -42,8 +42,11 @@ def serial_run(tmp_path_factory, tiny_mace_model, tiny_mace_committee):
     write_mace_extxyz(label_with(perturbed_bulk("Cu", n=3, seed=99, a=3.6)), str(tmp / "mine.xyz"), prefix="DFT_")
     existing = [{"path": str(tmp / "mine.xyz"), "energy_key": "DFT_energy", "forces_key": "DFT_forces",
                  "stress_key": "DFT_stress"}]
+    # step 3 asks the labels whether the foundation's replay helps (2 folds x naive, multihead)
+    cands = [{"method": "naive"}, {"method": "multihead"}]
     cfg = tiny_config(tmp, str(tiny_mace_model), [str(p) for p in tiny_mace_committee],
-                      **{"dft.existing_data": existing})
+                      **{"dft.existing_data": existing, "mace.finetune.select_by_validation": cands,
+                         "mace.finetune.cv_folds": 2, "mace.finetune.replay_size": 6})
     t0 = time.time()
     res = _run(cfg)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -66,11 +69,16 @@ def test_full_pipeline_serial(serial_run):
         for m in ("mace_ft_0", "ace_base", "ace_final", "ace_dft_only"):
             assert m in f["models"], m
         ev = json.loads(f["metrics/evaluation"][()])
+        sel = json.loads(f["metrics/finetune_selection"][()])
+        assert f["structures/replay"].attrs["n"] == 6  # the config says naive; a candidate replays
+        teacher = json.loads(f["models/mace_ft_0"].attrs["metrics"])
+    assert [r["overrides"] for r in sel["table"]] == sel["candidates"] and sel["chosen"] in sel["candidates"]
+    assert teacher["multihead"] == float(sel["chosen"]["method"] == "multihead")  # the teacher runs the choice
     assert set(ev["models"]) == {"foundation MACE", "fine-tuned MACE", "base ACE (step 6)", "final ACE",
                                  "ACE on DFT labels only"}
     assert all(m["n"] == 5 for m in ev["models"].values())
     drift = ev["drift_from_foundation"]  # fine-tuning moved the teacher, by a finite amount
-    assert drift["n"] == 6 and drift["method"] == "naive"
+    assert drift["n"] == 6 and drift["method"] == sel["chosen"]["method"]
     assert 0 < drift["force_rmse_meV_A"] < 1e4 and np.isfinite(drift["energy_rmse_shifted_meV_atom"])
     ext = ev["extrapolation"]  # the final ACE's gamma on every held-out cell, from its .asi
     assert ext["n"] == 5 and ext["max_gamma"] > 0 and ext["threshold"] == 5.0
