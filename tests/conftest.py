@@ -14,9 +14,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 BIN = Path(sys.executable).parent
 
 
-def _train_tiny_mace(workdir: Path, seed: int = 0, n: int = 24, epochs: int = 3) -> Path:
+def cu_au_cells(n: int, seed: int) -> list:
+    """Strained, rattled fcc Cu cells with every other cell's first atom (or two) made Au."""
+    cells = perturbed_bulk("Cu", n=n, seed=seed, a=3.75)
+    for k, at in enumerate(cells):
+        at.symbols[: k % 3] = "Au"
+    return cells
+
+
+def _train_tiny_mace(workdir: Path, seed: int = 0, n: int = 24, epochs: int = 3, cells=None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
-    data = label_with(perturbed_bulk("Cu", n=n, seed=seed))
+    data = label_with(cells if cells is not None else perturbed_bulk("Cu", n=n, seed=seed))
     write_mace_extxyz(data, str(workdir / "train.xyz"))
     cmd = [str(BIN / "mace_run_train"), "--name", "tiny", "--train_file", "train.xyz",
            "--valid_fraction", "0.2", "--energy_key", "REF_energy", "--forces_key", "REF_forces",
@@ -45,6 +53,13 @@ def tiny_mace_committee(tmp_path_factory) -> list[Path]:
     """Two tiny MACE models that differ only in their training seed."""
     root = tmp_path_factory.mktemp("tiny_committee")
     return [_train_tiny_mace(root / f"m{s}", seed=s) for s in (1, 2)]
+
+
+@pytest.fixture(scope="session")
+def tiny_cuau_mace(tmp_path_factory) -> Path:
+    """A tiny MACE foundation that holds exactly Cu and Au (EMT labels): the case where
+    mace copies the foundation's E0 buffer over the fine-tuning E0s."""
+    return _train_tiny_mace(tmp_path_factory.mktemp("tiny_cuau"), cells=cu_au_cells(24, seed=3))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,44 @@ def test_multihead_finetune_with_offline_replay(tiny_mace_model, tmp_path):
     comm = MaceCommittee([model.write(tmp_path / "out")[".model"]])
     assert comm._meta[0]["heads"] == ["Default"]  # shipped with the replay head removed
     assert all(lab.ok for lab in comm.label_batch(data.structures))
+
+
+def test_naive_finetune_trains_with_the_e0s_it_was_given(tiny_cuau_mace, tmp_path):
+    """DFT with another energy reference (+0.4 eV per Cu, -0.3 per Au atom): ``estimated``
+    E0s put the fine-tuning's first evaluation near the data; the foundation's would leave
+    the whole offset. mace alone silently kept the foundation's buffer for a foundation
+    that holds exactly the user's elements."""
+    from conftest import cu_au_cells
+
+    data = label_with(cu_au_cells(6, seed=31))
+    shift = {"Cu": 0.4, "Au": -0.3}
+    data = LabelledSet(data.structures, [
+        replace(lab, energy=lab.energy + sum(shift[s] for s in at.get_chemical_symbols()))
+        for at, lab in zip(data.structures, data.labels)])
+    runs = {}
+    for e0s in ("foundation", "estimated", '{"Cu": 1.0, "Au": -2.0}'):
+        cfg = FinetuneCfg(method="naive", e0s=e0s, batch_size=2, valid_fraction=0)
+        wd = tmp_path / str(len(runs))
+        runs[e0s] = MaceFinetuner(str(tiny_cuau_mace), 1, cfg).fit(data, wd, name="ft")
+        if e0s != "foundation":
+            cmd = json.loads((wd / "command.json").read_text())
+            assert cmd[cmd.index("--E0s") + 1] == "foundation"  # baked into the copy it names
+            assert cmd[cmd.index("--foundation_model") + 1].endswith("foundation_e0s.model")
+    # mace's rule: the foundation's E0s plus the least-squares per-element correction of its
+    # predictions on the training set
+    found = torch.load(tiny_cuau_mace, weights_only=False).atomic_energies_fn.atomic_energies.ravel()
+    pred = MaceCommittee([str(tiny_cuau_mace)]).label_batch(data.structures)
+    counts = np.array([[at.get_chemical_symbols().count(el) for el in ("Cu", "Au")] for at in data.structures])
+    corr = np.linalg.lstsq(counts, [d.energy - p.energy for d, p in zip(data.labels, pred)], rcond=None)[0]
+    est = json.loads((tmp_path / "1" / "e0s.json").read_text())["e0s"]
+    assert [est["29"], est["79"]] == pytest.approx((found.numpy() + corr).tolist(), abs=1e-6)
+    for e0s, want in (("estimated", [est["29"], est["79"]]), ('{"Cu": 1.0, "Au": -2.0}', [1.0, -2.0])):
+        model = runs[e0s].write(tmp_path / f"out{len(want)}{e0s[:3]}")[".model"]
+        got = torch.load(model, weights_only=False).atomic_energies_fn.atomic_energies.ravel()
+        assert got.tolist() == pytest.approx(want)  # the E0s it trained with are the ones asked
+    assert runs["estimated"].metrics["e0_Z29"] == pytest.approx(est["29"])
+    initial = {k: m.metrics["initial_valid_rmse_e_meV_per_atom"] for k, m in runs.items()}
+    assert initial["foundation"] > 150 and initial["estimated"] < initial["foundation"] / 3, initial
 
 
 def test_e0s_choices():

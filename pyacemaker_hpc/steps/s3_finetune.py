@@ -86,9 +86,15 @@ class Finetune(Step):
 
     def inputs(self, ctx):
         cfg = ctx.cfg
-        return {"step3": cfg.section_dict("distillation.step3_mace_finetune"),
-                "finetune": cfg.section_dict("mace.finetune"), "k": cfg.mace.committee_size,
-                "dtype": cfg.mace.default_dtype, "upstream": ctx.output_hash("step2_active_learning")}
+        out = {"step3": cfg.section_dict("distillation.step3_mace_finetune"),
+               "finetune": cfg.section_dict("mace.finetune"), "k": cfg.mace.committee_size,
+               "dtype": cfg.mace.default_dtype, "upstream": ctx.output_hash("step2_active_learning")}
+        ft = cfg.mace.finetune
+        if "naive" in (ft.method, *(c.get("method") for c in ft.select_by_validation)):
+            # naive fits before 2026-12-07 trained with the foundation's E0s whatever e0s said
+            # (MaceFinetuner._foundation_with_e0s): such a teacher is refitted on resume
+            out["e0s_in_foundation_copy"] = True
+        return out
 
     def stale_outputs(self, ctx):
         # every fine-tuned member an earlier config made (it may have had more members)

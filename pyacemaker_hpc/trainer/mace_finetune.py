@@ -57,6 +57,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ..config import parse_e0s
 from ..core.models import LabelledSet, TrainedModel
 from ..oracle.mace_surrogate import MaceCommittee, pick_device, resolve_model, torch_dtype
@@ -198,8 +200,10 @@ class MaceFinetuner:
 
     # ------------------------------------------------------------------------------------
     def command(self, *, name: str, foundation: str, train_file: str, n_train: int,
-                valid_file: str | None, has_stress: bool, replay_file: str | None) -> list[str]:
-        """The mace_run_train argument list (public so it can be logged and tested)."""
+                valid_file: str | None, has_stress: bool, replay_file: str | None,
+                e0s: str | None = None) -> list[str]:
+        """The mace_run_train argument list (public so it can be logged and tested);
+        ``e0s`` replaces the configured ``--E0s`` (``foundation`` once they are baked in)."""
         cfg = self.cfg
         cmd = [self.mace_run_train, "--name", name, "--foundation_model", foundation,
                "--train_file", train_file]
@@ -210,7 +214,7 @@ class MaceFinetuner:
         cmd += ["--energy_key", f"{PREFIX}energy", "--forces_key", f"{PREFIX}forces"]
         if has_stress:
             cmd += ["--stress_key", f"{PREFIX}stress"]
-        cmd += ["--E0s", self.e0s,
+        cmd += ["--E0s", e0s or self.e0s,
                 "--loss", "stress" if has_stress else "weighted",
                 "--energy_weight", repr(float(cfg.energy_weight)),
                 "--forces_weight", repr(float(cfg.forces_weight)),
@@ -260,6 +264,7 @@ class MaceFinetuner:
             foundation = resolve_model(self.base_model)
 
         foundation = self._mace_readable_foundation(foundation, wd)
+        foundation, e0s = self._foundation_with_e0s(foundation, wd, train)
         has_stress = any(lab.stress is not None for lab in train.labels)
         write_mace_extxyz(train, str(wd / "train.xyz"), prefix=PREFIX)
         n = len(train)
@@ -284,7 +289,7 @@ class MaceFinetuner:
 
         cmd = self.command(name=name, foundation=foundation, train_file="train.xyz",
                            n_train=n_train, valid_file=valid_file, has_stress=has_stress,
-                           replay_file=replay_file)
+                           replay_file=replay_file, e0s=e0s)
         (wd / "command.json").write_text(json.dumps(cmd, indent=1))
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -343,6 +348,58 @@ class MaceFinetuner:
             out = wd / "foundation_1d_e0.model"
             torch.save(model, out)
         return str(out)
+
+    def _foundation_with_e0s(self, path: str, wd: Path, train: LabelledSet) -> tuple[str, str]:
+        """Naive fine-tuning: a copy of the foundation with the E0s to train with already in
+        its E0 buffer, and ``--E0s foundation``; else ``(path, configured E0s)``.
+
+        mace 0.3.16 builds the new model with the requested E0s and then copies every
+        foundation tensor of the same name and shape into it (``load_foundations_elements``),
+        the E0 buffer included: when the foundation holds exactly the user's elements (a
+        stand-in, a system-specific foundation) the ``estimated``, ``average`` or given E0s
+        are silently replaced by the foundation's, and the fit starts with the whole
+        reference offset in its energies (Cu-Au stand-in against PBE: 545 meV/atom on the
+        picks) for the readouts to absorb. MACE-MP (89 elements) never matches and was not
+        affected. Multihead keeps the foundation's E0s for its replay head and its fine-tuned
+        head's differ in shape, so it is left to mace. ``estimated`` is mace's own rule: the
+        least-squares per-element correction of the foundation's predictions on ``train``;
+        ``average`` the least-squares E0s of ``train``'s energies."""
+        if self.cfg.method != "naive" or self.e0s == "foundation":
+            return path, self.e0s
+        import torch
+        from ase.data import atomic_numbers
+
+        ok = [(at, lab) for at, lab in zip(train.structures, train.labels) if lab.energy is not None]
+        zs = sorted({atomic_numbers[s] for at, _ in ok for s in at.get_chemical_symbols()})
+        counts = np.array([[at.get_atomic_numbers().tolist().count(z) for z in zs] for at, _ in ok], float)
+        energies = np.array([lab.energy for _, lab in ok])
+        with torch_dtype(self.default_dtype):
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        table = [int(z) for z in model.atomic_numbers]
+        buf = model.atomic_energies_fn.atomic_energies
+        flat = buf.reshape(-1, len(table))[0] if buf.ndim > 1 else buf
+        if self.e0s == "estimated":
+            pred = MaceCommittee([path], pick_device(self.device), self.default_dtype).label_batch([at for at, _ in ok])
+            resid = energies - np.array([p.energy for p in pred])
+            corr = np.linalg.lstsq(counts, resid, rcond=None)[0]
+            target = {z: float(flat[table.index(z)]) + c for z, c in zip(zs, corr)}
+        elif self.e0s == "average":
+            target = dict(zip(zs, np.linalg.lstsq(counts, energies, rcond=None)[0].tolist()))
+        else:
+            target = {int(k): float(v) for k, v in ast.literal_eval(self.e0s).items()}
+        missing = [z for z in target if z not in table]
+        if missing:
+            raise MaceTrainError(f"the foundation has no element {missing}: it cannot fine-tune on them")
+        new = buf.detach().clone()
+        view = new.reshape(-1, len(table))
+        for z, e0 in target.items():
+            view[:, table.index(z)] = e0
+        model.atomic_energies_fn.atomic_energies = new
+        out = wd / "foundation_e0s.model"
+        with torch_dtype(self.default_dtype):
+            torch.save(model, out)
+        (wd / "e0s.json").write_text(json.dumps({"rule": self.e0s, "e0s": target}, indent=1))
+        return str(out), "foundation"
 
     def _single_head(self, src: Path, dst: Path) -> Path:
         """Keep only the fine-tuned head of a multihead model (mace's remove_pt_head)."""
