@@ -233,6 +233,9 @@ def test_naive_finetune_trains_with_the_e0s_it_was_given(tiny_cuau_mace, tmp_pat
         assert got.tolist() == pytest.approx(want)  # the E0s it trained with are the ones asked
     assert runs["estimated"].metrics["e0_Z29"] == pytest.approx(est["29"])
     initial = {k: m.metrics["initial_valid_rmse_e_meV_per_atom"] for k, m in runs.items()}
+    with pytest.raises(MaceTrainError, match=r"no E0 for Z=\[79\]"):  # before mace starts
+        MaceFinetuner(str(tiny_cuau_mace), 1, FinetuneCfg(method="naive", e0s='{"Cu": 1.0}')).fit(
+            data, tmp_path / "missing", name="ft")
     assert initial["foundation"] > 150 and initial["estimated"] < initial["foundation"] / 3, initial
 
 

@@ -387,6 +387,9 @@ class MaceFinetuner:
             target = dict(zip(zs, np.linalg.lstsq(counts, energies, rcond=None)[0].tolist()))
         else:
             target = {int(k): float(v) for k, v in ast.literal_eval(self.e0s).items()}
+            if set(zs) - set(target):
+                raise MaceTrainError(f"mace.finetune.e0s gives no E0 for Z={sorted(set(zs) - set(target))}, "
+                                     f"which the DFT labels hold")
         missing = [z for z in target if z not in table]
         if missing:
             raise MaceTrainError(f"the foundation has no element {missing}: it cannot fine-tune on them")
