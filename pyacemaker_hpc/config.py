@@ -427,7 +427,9 @@ class PacemakerCfg(_Strict):
     #: weighted_refit: weight of a DFT structure's forces (null: step 7's weight_dft, the
     #: weight of its energy). Lower keeps the many surrogate force labels in charge of forces
     #: while the DFT energies set the level: 100 against weight_dft 300 measured best on Cu
-    #: (3 seeds x 10/20/40/80 calls; README "Cu learning curve")
+    #: (3 seeds x 10/20/40/80 calls; README "Cu learning curve"). The right value falls as the
+    #: teacher's forces get better than the DFT cells alone can fit: Cu-Au (teacher ~20 meV/A,
+    #: DFT-only ACE 32-66 at 20 calls) measured best at 30 (configs/cuau.yaml)
     weight_dft_forces: Optional[float] = Field(100.0, gt=0)
     #: residual: functions per element of the correction ACE (default: the preset's); with
     #: 10-40 DFT residuals a correction as large as the base over-fits them
