@@ -627,6 +627,9 @@ def check_files_and_physics(cfg: Config, source: str) -> None:
         if not is_foundation_name(m) and not Path(m).is_file():
             raise ConfigError(f"{source}: mace.committee[{i}]: model file not found: {m}")
 
+    if cfg.distillation.enable_mace_distillation:
+        _check_e0_dicts(cfg, allowed, source)
+
     for i, ex in enumerate(cfg.dft.existing_data):
         if not Path(ex.path).exists():
             raise ConfigError(f"{source}: dft.existing_data[{i}].path: not found: {ex.path}")
@@ -643,6 +646,23 @@ def check_files_and_physics(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: dft.vasp.command: empty run command")
     if cfg.dft_calculator == "ase" and "." not in cfg.dft.ase.import_path:
         raise ConfigError(f"{source}: dft.ase.import_path: expected 'module.Class', got {cfg.dft.ase.import_path!r}")
+
+
+def _check_e0_dicts(cfg: Config, allowed: set[str], source: str) -> None:
+    """An E0 dict for step 3 names every element of the system: else step 3 would stop
+    only after the DFT calls of step 2 were spent."""
+    from ase.data import chemical_symbols
+
+    ft = cfg.mace.finetune
+    given = [("mace.finetune.e0s", ft.e0s, ft.method)]
+    given += [(f"mace.finetune.select_by_validation[{i}].e0s", c["e0s"], c.get("method", ft.method))
+              for i, c in enumerate(ft.select_by_validation) if "e0s" in c]
+    for key, e0s, method in given:
+        v = parse_e0s(str(e0s), method)
+        if v.startswith("{"):
+            missing = sorted(allowed - {chemical_symbols[z] for z in ast.literal_eval(v)})
+            if missing:
+                raise ConfigError(f"{source}: {key}: no E0 for {missing}, which system.elements holds")
 
 
 def _check_seed_file(path: str, allowed: set[str], factor: float, source: str) -> None:

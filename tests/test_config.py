@@ -244,3 +244,15 @@ def test_ace_preset_auto_grows_the_basis_for_alloys_and_explicit_presets_stay(tm
     from pyacemaker_hpc.config import PacemakerCfg
     assert PacemakerTrainer(PacemakerCfg(), ["Au", "Cu"]).functions_per_element == 100
     assert PacemakerTrainer(PacemakerCfg(), ["Cu"]).functions_per_element == 30
+
+
+def test_e0_dict_missing_an_element_is_refused_at_load(tmp_path):
+    """Step 3 would otherwise stop on it only after step 2 had spent the DFT calls."""
+    alloy = {"elements": ["Cu", "Au"], "prototypes": [{"element": "Cu", "structure": "fcc"}]}
+    data = {**MINIMAL, "system": alloy, "mace": {"finetune": {"method": "naive", "e0s": '{"Cu": -0.2}'}}}
+    msg = _err(tmp_path, data)
+    assert "mace.finetune.e0s" in msg and "['Au']" in msg
+    data["mace"]["finetune"] = {"select_by_validation": [{"method": "naive", "e0s": '{"Au": -0.1}'}]}
+    assert "select_by_validation[0].e0s" in _err(tmp_path, data) and "['Cu']" in _err(tmp_path, data)
+    data["mace"]["finetune"] = {"method": "naive", "e0s": '{"Cu": -0.2, "79": -0.1}'}
+    assert load_config(_write(tmp_path, data)).mace.finetune.e0s == '{"Cu": -0.2, "79": -0.1}'
