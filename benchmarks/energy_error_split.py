@@ -27,11 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dft_efficiency import RUNS  # noqa: E402
 from kmesh_floor import run_dirs  # noqa: E402
 
+from pyacemaker_hpc.steps.s5_label import pressure  # noqa: E402
+
 MODELS = ("foundation", "mace_ft_0", "ace_base", "ace_final", "ace_dft_only")
-
-
-def _pressure(stress) -> float:
-    return float("nan") if stress is None else -float(np.sum(np.asarray(stress, float)[:3])) / 3.0
 
 
 def split(de: np.ndarray, frac: np.ndarray, vol: np.ndarray) -> dict:
@@ -60,7 +58,7 @@ def study_of(run: Path, elements: list[str]) -> dict | None:
     counts = np.array([[a.get_chemical_symbols().count(e) for e in elements] for a in ho.structures], float)
     nat = counts.sum(axis=1)
     frac, vol = counts / nat[:, None], np.array([a.get_volume() for a in ho.structures]) / nat
-    p_dft = np.array([_pressure(lab.stress) for lab in ho.labels])
+    p_dft = np.array([pressure(lab.stress) for lab in ho.labels])
     out = {"N": int(run.name.split("_n")[1].split("_")[0])}
     for key in MODELS:
         if not camp.exists(f"labels/holdout/{key}/energy"):
@@ -70,7 +68,7 @@ def study_of(run: Path, elements: list[str]) -> dict | None:
         de = np.array([(p.energy - r.energy) / n if k else np.nan
                        for p, r, n, k in zip(pred, ho.labels, nat, ok)])
         res = split(de[ok], frac[ok], vol[ok])
-        dp = np.array([_pressure(p.stress) for p in pred]) - p_dft
+        dp = np.array([pressure(p.stress) for p in pred]) - p_dft
         res["stress_GPa"] = float(np.nanmean(dp[ok]) / GPa)
         out[key] = res
     return out

@@ -377,7 +377,10 @@ class MaceCfg(_Strict):
     #: are strongly distorted (Cu: force RMS 1-7 eV/A against 0-1.9 on held-out cells).
     #: Measured (Cu, 10 calls, seeds 1 and 3): alone worse (6.2 -> 8.3, 5.9 -> 7.2 meV/A); with
     #: finetune.stress_weight 100 (3 seeds) 2.3 / 6.9 meV/atom / meV/A, no better than that alone (README)
-    equilibrium_anchor: bool = False
+    #: "seeds": instead, the seed structures themselves (system.prototypes / seed_structures,
+    #: the first of each composition: for Cu-Au fcc Cu, fcc Au, L1_2 Cu3Au), up to half the picks
+    #: with the volume anchors; the ideal cells whose energies set the elements' levels
+    equilibrium_anchor: bool | Literal["seeds"] = False
     #: step 5: shift the teacher's energy labels by one least-squares constant per element
     #: onto the DFT labels of the step-2 picks, so that steps 6-7 fit one energy reference.
     #: "auto" (resolved at load): on for two or more elements, where the teacher's per-element

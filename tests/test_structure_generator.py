@@ -435,3 +435,30 @@ def test_equilibrium_anchor_is_the_least_distorted_cell_at_the_seeds_bond_scale(
     assert set(with_volume_anchors(picks, cells).tolist()) == {1, 2, 0, 5}
     out = with_volume_anchors(picks, cells, equilibrium=[seed])
     assert len(out) == 4 and set(out.tolist()) == {1, 0, 5, 4}  # cell 4, not the strained ideal 3
+
+
+def test_seed_anchors_add_one_ideal_cell_per_composition_and_keep_half_the_picks():
+    """``mace.equilibrium_anchor: seeds``: the seed structures (one per composition) join the
+    picks as indices past the selection, in place of the least uncertain picks, never more
+    than leave half the picks to the committee."""
+    from ase.build import bulk
+
+    from pyacemaker_hpc.steps.s2_active_learning import one_per_composition, with_volume_anchors
+
+    cu, au = bulk("Cu", "fcc", a=3.63, cubic=True), bulk("Au", "fcc", a=4.16, cubic=True)
+    cu3au = cu.copy()
+    cu3au[0].symbol = "Au"
+    seeds = one_per_composition([cu, au, cu.copy(), cu3au])
+    assert [a.get_chemical_formula() for a in seeds] == ["Cu4", "Au4", "AuCu3"]
+    cells = []
+    for k, strain in enumerate([-0.05, 0.0, 0.01, 0.02, 0.05, -0.01, 0.03, 0.0, -0.02, 0.015]):
+        a = cu.copy()
+        a.set_cell(a.cell * (1 + strain), scale_atoms=True)
+        a.rattle(0.05, seed=k)
+        cells.append(a)
+    picks = np.array([1, 2, 3, 5, 6, 7, 8, 9])  # most uncertain first; neither end (0, 4)
+    out = with_volume_anchors(picks, cells, seed_cells=seeds)
+    assert len(out) == 8 and set(out.tolist()) == {1, 2, 3, 5, 0, 4, 10, 11}  # 2 ends + 2 seeds = half
+    out = with_volume_anchors(np.arange(10)[::-1][:10], cells + cells, seed_cells=seeds)
+    assert {20, 21, 22} <= set(out.tolist()) and len(out) == 10  # room for all three
+    assert set(with_volume_anchors(picks, cells).tolist()) == {1, 2, 3, 5, 0, 4, 6, 7}  # off: as before

@@ -151,12 +151,26 @@ def bond_spread(atoms, shell: np.ndarray | None = None) -> float:
     return float(np.std(x) / np.median(x)) if len(x) else float("nan")
 
 
+def one_per_composition(structures: list) -> list:
+    """The first structure of each distinct composition (element fractions), in order."""
+    seen, out = set(), []
+    for a in structures:
+        sym = a.get_chemical_symbols()
+        key = tuple(sorted((e, round(sym.count(e) / len(sym), 6)) for e in set(sym)))
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
 def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4,
-                        equilibrium: list | None = None) -> np.ndarray:
+                        equilibrium: list | None = None, seed_cells: list | None = None) -> np.ndarray:
     """``idx`` (most uncertain first) with its least uncertain entries swapped for the
     selection's most compressed and most expanded cell (by ``bond_scale``) and, given
     ``equilibrium`` structures (the seeds), the cell closest to an ideal lattice at their
-    median bond scale (``bond_spread`` and relative scale, in quadrature); same count."""
+    median bond scale (``bond_spread`` and relative scale, in quadrature); same count.
+    ``seed_cells`` (structures outside the selection) join as indices ``len(structures) + k``,
+    as many as keep at least half the picks the committee's."""
     picks = [int(i) for i in idx]
     if len(picks) < min_picks or len(structures) <= len(picks):
         return np.asarray(picks, dtype=int)
@@ -170,6 +184,8 @@ def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4,
         off = np.hypot([bond_spread(a, x) for a, x in zip(structures, shells)], scale / ref - 1.0)
         anchors.append(int(np.nanargmin(off)))
     anchors = list(dict.fromkeys(anchors))
+    n_seeds = min(len(seed_cells or ()), max(0, len(picks) // 2 - len(anchors)))
+    anchors += [len(structures) + k for k in range(n_seeds)]
     missing = [a for a in anchors if a not in picks]
     droppable = [i for i in picks if i not in anchors]
     dropped = set(droppable[len(droppable) - len(missing):])  # the least uncertain non-anchors
@@ -194,7 +210,7 @@ class ActiveLearning(Step):
         cfg = ctx.cfg
         return {"step2": cfg.section_dict("distillation.step2_active_learning"), "pick": cfg.mace.dft_pick,
                 "anchors": cfg.mace.volume_anchors,
-                **({"equilibrium_anchor": True} if cfg.mace.equilibrium_anchor else {}),  # off: hash as before
+                **({"equilibrium_anchor": cfg.mace.equilibrium_anchor} if cfg.mace.equilibrium_anchor else {}),  # off: hash as before
                 "committee": [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee],
                 "dft": dft_settings_key(ctx), "existing": existing_data_key(ctx),
                 "upstream": ctx.output_hash("step1_sampling")}
@@ -219,12 +235,16 @@ class ActiveLearning(Step):
             idx = pick_random(unc, threshold, cfg.seed)
         else:
             idx = pick_uncertain(unc, threshold)
+        anchor = cfg.mace.equilibrium_anchor
+        seed_cells = one_per_composition(seed_structures(cfg)) if anchor == "seeds" else []
         if cfg.mace.volume_anchors and cfg.mace.dft_pick != "random":  # the control stays uniform
-            idx = with_volume_anchors(idx, selected,
-                                      equilibrium=seed_structures(cfg) if cfg.mace.equilibrium_anchor else None)
+            idx = with_volume_anchors(idx, selected, seed_cells=seed_cells,
+                                      equilibrium=seed_structures(cfg) if anchor is True else None)
         log.info("[step2] committee force spread: median %.3f, max %.3f eV/A; %d structures to DFT",
                  float(np.median(unc.force_std)), float(unc.force_std.max()), len(idx))
-        camp.write_structures("dft", [selected[i] for i in idx])
+        candidates = list(selected) + seed_cells
+        in_sel = idx[idx < len(selected)]
+        camp.write_structures("dft", [candidates[i] for i in idx])
         camp.write_array("uncertainty/dft_index", idx)
         ls = label_set_with_dft(ctx, "dft")
         existing = import_existing_dft(ctx)
@@ -240,7 +260,8 @@ class ActiveLearning(Step):
         camp.write_json("metrics/step2_active_learning", {
             "n_dft": len(ls), "n_done": counts["done"], "n_failed": counts["failed"],
             "n_existing": len(existing),
-            "force_std_threshold": float(unc.force_std[idx].min()) if len(idx) else None})
+            "n_seed_anchors": int(np.sum(idx >= len(selected))),
+            "force_std_threshold": float(unc.force_std[in_sel].min()) if len(in_sel) else None})
         if counts["done"] == 0:
             raise RuntimeError("every DFT calculation failed: see /labels/dft/dft/error in the campaign")
         return labels_digest(ls)

@@ -99,7 +99,7 @@ def pressure_shift(dft: LabelledSet, teacher: list[Label], min_sigma: float = 0.
            if d.ok and t.ok and _has_stress(d) and _has_stress(t) and at.pbc.all()]
     if not use:
         return {"pressure_eV_per_A3": 0.0, "applied": False, "n_stress": 0}
-    dp = np.array([_pressure(d.stress) - _pressure(t.stress) for _, d, t in use])
+    dp = np.array([pressure(d.stress) - pressure(t.stress) for _, d, t in use])
     mean = float(dp.mean())
     sem = float(dp.std(ddof=1) / np.sqrt(len(dp))) if len(dp) > 1 else float("nan")
     v_ref = float(sum(at.get_volume() for at, _, _ in use) / sum(len(at) for at, _, _ in use))
@@ -223,8 +223,9 @@ def _has_stress(lab: Label) -> bool:
     return lab.stress is not None and np.all(np.isfinite(lab.stress))
 
 
-def _pressure(stress) -> float:
-    return -float(np.sum(np.asarray(stress, float)[:3])) / 3.0
+def pressure(stress) -> float:
+    """Pressure (eV/A^3) of a Voigt stress; nan without one."""
+    return float("nan") if stress is None else -float(np.sum(np.asarray(stress, float)[:3])) / 3.0
 
 
 def teacher_labels(ctx) -> LabelledSet:
