@@ -371,7 +371,9 @@ class MaceCfg(_Strict):
     #: with >= 4 DFT picks, the selection's most compressed and most expanded cell take the
     #: place of the least uncertain picks, so the DFT energies span the equation of state.
     #: Measured (Cu, 3 seeds): final ACE energy 6.5 -> 2.5 meV/atom at 10 calls, 1.4 -> 0.9 at 20
-    volume_anchors: bool = True
+    #: "pristine": the two ends are instead the seed nearest each end cell's composition,
+    #: scaled isotropically to its bond scale (no rattling or shear)
+    volume_anchors: bool | Literal["pristine"] = True
     #: with volume_anchors: the selection's cell closest to an ideal lattice at its median bond
     #: scale (spread of first-shell bond lengths) joins the anchors; uncertainty picks
     #: are strongly distorted (Cu: force RMS 1-7 eV/A against 0-1.9 on held-out cells).

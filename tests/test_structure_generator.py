@@ -462,3 +462,29 @@ def test_seed_anchors_add_one_ideal_cell_per_composition_and_keep_half_the_picks
     out = with_volume_anchors(np.arange(10)[::-1][:10], cells + cells, seed_cells=seeds)
     assert {20, 21, 22} <= set(out.tolist()) and len(out) == 10  # room for all three
     assert set(with_volume_anchors(picks, cells).tolist()) == {1, 2, 3, 5, 0, 4, 6, 7}  # off: as before
+
+
+def test_pristine_ends_scale_the_nearest_seed_to_the_selections_extreme_bond_scales():
+    """``mace.volume_anchors: pristine``: the two ends of the equation of state become the
+    seed of the end cell's composition, isotropically scaled to that cell's bond scale (no
+    rattling), and take the selection's ends' place among the picks."""
+    from ase.build import bulk
+
+    from pyacemaker_hpc.steps.s2_active_learning import (bond_scale, bond_spread, pristine_ends,
+                                                         with_volume_anchors)
+
+    cu, au = bulk("Cu", "fcc", a=3.63, cubic=True), bulk("Au", "fcc", a=4.16, cubic=True)
+    cells = []
+    for k, (base, strain) in enumerate([(cu, -0.05), (cu, 0.0), (au, 0.0), (au, 0.06), (cu, 0.02), (au, -0.01)]):
+        a = base.copy()
+        a.set_cell(a.cell * (1 + strain), scale_atoms=True)
+        a.rattle(0.1, seed=k)
+        cells.append(a)
+    ends = pristine_ends(cells, [cu, au])
+    assert [a.get_chemical_formula() for a in ends] == ["Cu4", "Au4"]
+    for end, ref in zip(ends, (cells[0], cells[3])):
+        assert bond_spread(end) < 1e-9 and abs(bond_scale(end) - bond_scale(ref)) < 1e-9
+    assert ends[0].get_volume() < cu.get_volume() < au.get_volume() < ends[1].get_volume()
+    picks = np.array([1, 2, 4, 5])
+    assert set(with_volume_anchors(picks, cells, end_cells=ends).tolist()) == {1, 2, 6, 7}
+    assert pristine_ends(cells, []) == []

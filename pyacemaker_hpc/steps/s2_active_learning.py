@@ -163,14 +163,41 @@ def one_per_composition(structures: list) -> list:
     return out
 
 
+def pristine_ends(structures: list, seeds: list) -> list:
+    """The seed nearest in composition to the selection's most compressed and most expanded
+    cell, scaled isotropically to that cell's bond scale: the equation of state's two ends
+    without the rattling and shear that make uncertain cells stand apart from ideal ones."""
+    scale = np.array([bond_scale(a) for a in structures])
+    seeds = [a for a in seeds if np.isfinite(bond_scale(a))]
+    if not seeds or np.isfinite(scale).sum() < 2:
+        return []
+    elements = sorted({e for a in list(structures) + seeds for e in a.get_chemical_symbols()})
+
+    def fractions(a):
+        sym = a.get_chemical_symbols()
+        return np.array([sym.count(e) / len(sym) for e in elements])
+
+    out = []
+    for i in dict.fromkeys([int(np.nanargmin(scale)), int(np.nanargmax(scale))]):
+        seed = min(seeds, key=lambda a: float(np.abs(fractions(a) - fractions(structures[i])).sum()))
+        f = scale[i] / bond_scale(seed)
+        cell = seed.copy()
+        cell.set_cell(seed.cell * f, scale_atoms=True)
+        cell.info = {"provenance": f"{seed.info.get('provenance', 'seed')}:scaled{f:.4f}"}
+        out.append(cell)
+    return out
+
+
 def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4,
-                        equilibrium: list | None = None, seed_cells: list | None = None) -> np.ndarray:
+                        equilibrium: list | None = None, seed_cells: list | None = None,
+                        end_cells: list | None = None) -> np.ndarray:
     """``idx`` (most uncertain first) with its least uncertain entries swapped for the
     selection's most compressed and most expanded cell (by ``bond_scale``) and, given
     ``equilibrium`` structures (the seeds), the cell closest to an ideal lattice at their
     median bond scale (``bond_spread`` and relative scale, in quadrature); same count.
     ``seed_cells`` (structures outside the selection) join as indices ``len(structures) + k``,
-    as many as keep at least half the picks the committee's."""
+    as many as keep at least half the picks the committee's; ``end_cells``
+    (``pristine_ends``) take the place of the selection's two ends, as indices after those."""
     picks = [int(i) for i in idx]
     if len(picks) < min_picks or len(structures) <= len(picks):
         return np.asarray(picks, dtype=int)
@@ -179,6 +206,8 @@ def with_volume_anchors(idx: np.ndarray, structures: list, min_picks: int = 4,
     if np.isfinite(scale).sum() < 2:
         return np.asarray(picks, dtype=int)
     anchors = [int(np.nanargmin(scale)), int(np.nanargmax(scale))]
+    if end_cells:
+        anchors = [len(structures) + len(seed_cells or ()) + k for k in range(len(end_cells))]
     ref = np.nanmedian([bond_scale(a) for a in equilibrium]) if equilibrium else np.nan
     if np.isfinite(ref):  # distance from an ideal lattice at the seeds' bond scale
         off = np.hypot([bond_spread(a, x) for a, x in zip(structures, shells)], scale / ref - 1.0)
@@ -235,14 +264,15 @@ class ActiveLearning(Step):
             idx = pick_random(unc, threshold, cfg.seed)
         else:
             idx = pick_uncertain(unc, threshold)
-        anchor = cfg.mace.equilibrium_anchor
-        seed_cells = one_per_composition(seed_structures(cfg)) if anchor == "seeds" else []
+        anchor, seeds = cfg.mace.equilibrium_anchor, seed_structures(cfg)
+        seed_cells = one_per_composition(seeds) if anchor == "seeds" else []
+        ends = pristine_ends(selected, seeds) if cfg.mace.volume_anchors == "pristine" else []
         if cfg.mace.volume_anchors and cfg.mace.dft_pick != "random":  # the control stays uniform
-            idx = with_volume_anchors(idx, selected, seed_cells=seed_cells,
-                                      equilibrium=seed_structures(cfg) if anchor is True else None)
+            idx = with_volume_anchors(idx, selected, seed_cells=seed_cells, end_cells=ends,
+                                      equilibrium=seeds if anchor is True else None)
         log.info("[step2] committee force spread: median %.3f, max %.3f eV/A; %d structures to DFT",
                  float(np.median(unc.force_std)), float(unc.force_std.max()), len(idx))
-        candidates = list(selected) + seed_cells
+        candidates = list(selected) + seed_cells + ends
         in_sel = idx[idx < len(selected)]
         camp.write_structures("dft", [candidates[i] for i in idx])
         camp.write_array("uncertainty/dft_index", idx)
@@ -260,7 +290,7 @@ class ActiveLearning(Step):
         camp.write_json("metrics/step2_active_learning", {
             "n_dft": len(ls), "n_done": counts["done"], "n_failed": counts["failed"],
             "n_existing": len(existing),
-            "n_seed_anchors": int(np.sum(idx >= len(selected))),
+            "n_seed_anchors": int(np.sum((idx >= len(selected)) & (idx < len(selected) + len(seed_cells)))),
             "force_std_threshold": float(unc.force_std[in_sel].min()) if len(in_sel) else None})
         if counts["done"] == 0:
             raise RuntimeError("every DFT calculation failed: see /labels/dft/dft/error in the campaign")
