@@ -385,7 +385,7 @@ class MaceCfg(_Strict):
     #: the first of each composition: for Cu-Au fcc Cu, fcc Au, L1_2 Cu3Au), up to half the picks
     #: with the volume anchors; the ideal cells whose energies set the elements' levels.
     #: Measured (Cu-Au, configs/cuau.yaml, final ACE meV/atom / meV/A): 20 calls, 3 seeds,
-    #: 6.2 / 18.6 -> 5.8 / 17.3; 10 calls, 2 seeds, 10.3 / 21.5 -> 11.2 / 31.1 (half the picks
+    #: 6.2 / 18.6 -> 5.8 / 17.3; 10 calls, 3 seeds, 9.0 / 22.5 -> 11.3 / 29.9 (half the picks
     #: become ideal, force-free cells): off by default (README)
     equilibrium_anchor: bool | Literal["seeds"] = False
     #: step 5: shift the teacher's energy labels by one least-squares constant per element
