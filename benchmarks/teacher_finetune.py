@@ -12,7 +12,8 @@ screened here first. For every campaign ``distill[-T]_n<N>_s<seed>`` of the stud
 (``runs/benchmarks/dft_efficiency/STUDY``) and every ``--variant NAME:key=val,...`` this
 fine-tunes the campaign's foundation on the campaign's own DFT labels with step 3's own task
 (``finetune_task``; ``key`` is a field of ``mace.finetune``, or ``epochs``, or
-``members=K``: K fine-tuned seeds whose mean labels the cells; with ``select_by_validation``
+``members=K``: K fine-tuned seeds whose mean labels the cells; ``foundations=K``: the same
+with member k fine-tuned from the k-th foundation of ``base_model`` + ``mace.committee``; with ``select_by_validation``
 the candidates are cross-validated first, as step 3 does, and the choice is recorded) and scores it on the
 campaign's held-out set: E RMSE (meV/atom), E with the mean per-atom offset removed, F
 RMSE (meV/A). It works in ``runs/benchmarks/teacher_finetune/STUDY/`` and writes
@@ -81,13 +82,18 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
     cfg = load_config(campaign_dir / "config.yaml")
     sets = dict(sets)
     members = int(sets.pop("members", 1))
+    foundations = int(sets.pop("foundations", 1))
     if "epochs" in sets:
         cfg.distillation.step3_mace_finetune.epochs = int(sets.pop("epochs"))
     cfg.mace.finetune = cfg.mace.finetune.model_copy(update=sets)
     with Campaign(campaign_dir / "campaign.h5", readonly=True) as camp:
         dft, holdout = camp.labelled_set("dft", "dft"), camp.labelled_set("holdout", "dft")
         pool = camp.read_structures("pool")
-    base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
+    bases = [resolve_model(m) for m in
+             [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee][:foundations]]
+    if len(bases) < foundations:
+        raise SystemExit(f"foundations={foundations}: the config names {len(bases)} foundation models")
+    base = bases[0]
     replay = None
     if cfg.mace.finetune.uses_multihead():  # step 3's replay: foundation labels on pool cells
         replay = foundation_replay_set(base, [pool[i] for i in replay_pick(cfg, len(pool))],
@@ -96,10 +102,10 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
     if cfg.mace.finetune.select_by_validation:  # step 3's own choice, as choose_loss makes it
         chosen, cv = finetune_selection_task(cfg, base, dft, str(workdir / "selection"), replay)
     paths = []
-    for k in range(members):
+    for k in range(max(members, foundations)):
         name = f"mace_ft_{k}"
-        model = finetune_task(cfg, base, dft, str(workdir / name), cfg.mace.finetune.seed + k, name,
-                              None, chosen, replay)
+        model = finetune_task(cfg, bases[k % len(bases)], dft, str(workdir / name), cfg.mace.finetune.seed + k,
+                              name, None, chosen, replay)
         paths.append(str(model.write(workdir / "models", stem=name)[".model"]))
     err = errors(holdout, mean_labels(holdout.structures, paths, cfg))
     out = {"E": err["energy_rmse_meV_atom"], "E_shifted": err["energy_rmse_shifted_meV_atom"],

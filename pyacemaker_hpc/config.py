@@ -355,6 +355,11 @@ class MdCfg(_Strict):
 class MaceCfg(_Strict):
     committee: list[str] = []  # extra committee members (names/paths) besides base_model
     committee_size: int = Field(1, gt=0)  # fine-tuned members (different seeds)
+    #: who labels steps 5-7's surrogate set: "first" = the first fine-tuned member; "mean" =
+    #: the mean of the fine-tuned members, one fine-tuned from each foundation (base_model and
+    #: every ``committee`` model; at least ``committee_size`` members, cycling through them):
+    #: independent foundations' errors partly cancel. Step-4 MD stays driven by the first.
+    teacher: Literal["first", "mean"] = "first"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     default_dtype: Literal["float32", "float64"] = "float64"  # training, descriptors, step 2, evaluation
     #: dtype of the surrogate's bulk work: MD (step 4) and labelling (step 5). float32 as

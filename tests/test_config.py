@@ -256,3 +256,23 @@ def test_e0_dict_missing_an_element_is_refused_at_load(tmp_path):
     assert "select_by_validation[0].e0s" in _err(tmp_path, data) and "['Cu']" in _err(tmp_path, data)
     data["mace"]["finetune"] = {"method": "naive", "e0s": '{"Cu": -0.2, "79": -0.1}'}
     assert load_config(_write(tmp_path, data)).mace.finetune.e0s == '{"Cu": -0.2, "79": -0.1}'
+
+
+def test_teacher_mean_fine_tunes_one_member_per_foundation(tmp_path):
+    """mace.teacher: mean fine-tunes base_model and every committee model (cycling up to
+    committee_size); first fine-tunes committee_size seeds of base_model."""
+    from pathlib import Path
+
+    from pyacemaker_hpc.steps.s3_finetune import member_foundations
+
+    data = Path(__file__).resolve().parents[1] / "pyacemaker_hpc" / "data"
+    s1, s2 = (str(data / f"cu_demo_foundation_s{k}.model") for k in (1, 2))
+    mace = {"committee": [s1, s2], "committee_size": 2}
+    cfg = load_config(_write(tmp_path, {**MINIMAL, "mace": mace}))
+    assert cfg.mace.teacher == "first"
+    assert member_foundations(cfg) == ["MACE-MP-0", "MACE-MP-0"]
+    cfg = load_config(_write(tmp_path, {**MINIMAL, "mace": {**mace, "teacher": "mean"}}))
+    assert member_foundations(cfg) == ["MACE-MP-0", s1, s2]
+    cfg = load_config(_write(tmp_path, {**MINIMAL, "mace": {**mace, "teacher": "mean", "committee_size": 4}}))
+    assert member_foundations(cfg) == ["MACE-MP-0", s1, s2, "MACE-MP-0"]
+    assert "mace.teacher" in _err(tmp_path, {**MINIMAL, "mace": {"teacher": "median"}})

@@ -120,6 +120,22 @@ def test_batched_labels_match_the_ase_calculator(tiny_mace_model):
     assert [x.shape for x in f[1]] == [(len(c), 3) for c in cells]
 
 
+@pytest.mark.skipif(not (DATA / "cu_demo_foundation_s1.model").is_file(),
+                    reason="demo foundation not built (scripts/build_demo_foundation.py)")
+def test_mean_labels_are_the_members_mean():
+    """mace.teacher: mean labels with the members' mean energy, forces and stress."""
+    paths = [str(DATA / f"cu_demo_foundation_s{s}.model") for s in (0, 1)]
+    cells = perturbed_bulk("Cu", n=3, seed=5, a=3.6, strain=0.03, rattle=(0.05, 0.1))
+    mean = MaceCommittee(paths).label_batch(cells, mean=True)
+    each = [MaceCommittee([p]).label_batch(cells) for p in paths]
+    assert MaceCommittee(paths).label_batch(cells)[0].energy == each[0][0].energy  # default: the first
+    for i, lab in enumerate(mean):
+        assert lab.energy == pytest.approx((each[0][i].energy + each[1][i].energy) / 2, abs=1e-9)
+        np.testing.assert_allclose(lab.forces, (each[0][i].forces + each[1][i].forces) / 2, atol=1e-9)
+        np.testing.assert_allclose(lab.stress, (each[0][i].stress + each[1][i].stress) / 2, atol=1e-12)
+    assert abs(each[0][0].energy - each[1][0].energy) > 1e-6  # the members differ: the test can fail
+
+
 def test_unknown_element_is_a_clear_error(tiny_mace_model):
     with pytest.raises(ValueError, match="unknown to MACE model"):
         MaceCommittee([str(tiny_mace_model)]).label_batch([bulk("Al")])

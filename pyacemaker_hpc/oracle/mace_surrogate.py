@@ -301,13 +301,20 @@ class MaceCommittee:
                     np.concatenate(s) if s else np.zeros((0, 6))) for k, (e, f, s) in res.items()}
 
     # -- public API ----------------------------------------------------------------------
-    def label_batch(self, structures: Sequence[Atoms]) -> list[Label]:
-        """Energy, forces, stress of every structure from the first model, batched."""
+    def label_batch(self, structures: Sequence[Atoms], mean: bool = False) -> list[Label]:
+        """Energy, forces, stress of every structure from the first model (``mean``: the
+        members' mean), batched."""
         structures = list(structures)
         if not structures:
             return []
         t = time.perf_counter()
-        e, f, s = self._predict(structures, [0])[0]
+        if mean and len(self.models) > 1:
+            res = self._predict(structures, range(len(self.models)))
+            e = np.mean([r[0] for r in res.values()], axis=0)
+            f = [np.mean([r[1][i] for r in res.values()], axis=0) for i in range(len(structures))]
+            s = np.mean([r[2] for r in res.values()], axis=0)
+        else:
+            e, f, s = self._predict(structures, [0])[0]
         dt = (time.perf_counter() - t) / len(structures)
         labels = []
         for i in range(len(structures)):

@@ -28,6 +28,7 @@ from ..parallel import TaskFailed
 from .context import Step, StepContext, digest
 from .labelling import dft_settings_key, label_set_with_dft
 from .s1_sampling import seed_structures
+from .s3_finetune import teacher_paths
 from .tasks import ace_fit_task, mace_label_task
 
 log = logging.getLogger("pyacemaker_hpc")
@@ -125,7 +126,7 @@ def off_distribution_structures(cfg, seed: int) -> list:
     return out
 
 
-def drift_from_foundation(ctx: StepContext, foundation: str, finetuned: str) -> dict:
+def drift_from_foundation(ctx: StepContext, foundation: str, finetuned: str | tuple) -> dict:
     """Fine-tuned minus foundation MACE on off-distribution cells: energy (raw and offset
     removed, meV/atom) and force (meV/A) RMS differences, with the fine-tuning method the
     teacher was trained by (``select_by_validation`` may have chosen it)."""
@@ -215,7 +216,8 @@ def holdout_set(ctx: StepContext) -> LabelledSet:
     return label_set_with_dft(ctx, "holdout")  # failed items stay (aligned); errors() skips them
 
 
-def mace_predictions(ctx: StepContext, model: str, structures: list) -> list[Label]:
+def mace_predictions(ctx: StepContext, model: str | tuple, structures: list) -> list[Label]:
+    """One MACE model's labels, or the mean of several (the teacher of ``mace.teacher: mean``)."""
     from ..oracle.mace_surrogate import pick_device
 
     cfg = ctx.cfg
@@ -226,7 +228,8 @@ def mace_predictions(ctx: StepContext, model: str, structures: list) -> list[Lab
             raise RuntimeError(f"MACE evaluation failed:\n{res.error}")
         out[k] = res
 
-    ctx.farm.map("mace", [(0, mace_label_task, ((model,), pick_device(cfg.mace.device),
+    models = (model,) if isinstance(model, str) else tuple(model)
+    ctx.farm.map("mace", [(0, mace_label_task, (models, pick_device(cfg.mace.device),
                                                  cfg.mace.default_dtype, cfg.mace.batch_size, structures))],
                  on_result, label="MACE evaluation")
     return out[0]
@@ -281,6 +284,8 @@ class Evaluate(Step):
                                                          "plain_dft_loop")]}
         if cfg.distillation.enable_mace_distillation:  # the uncertainty-vs-error record uses it
             out["committee"] = [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee]
+            if cfg.mace.teacher != "first":  # the fine-tuned MACE row is the members' mean
+                out["teacher"] = cfg.mace.teacher
         return out
 
     def run(self, ctx):
@@ -310,7 +315,7 @@ class Evaluate(Step):
             foundation = mace_predictions(ctx, base, ho.structures)
             record("foundation", "foundation MACE", foundation, n_dft=0)
             summary["uncertainty"] = uncertainty_vs_error(ctx, ho, foundation)
-            teacher = ctx.model_path("mace_ft_0", ".model")
+            teacher = teacher_paths(ctx)
             record("mace_ft_0", "fine-tuned MACE", mace_predictions(ctx, teacher, ho.structures))
             summary["drift_from_foundation"] = drift_from_foundation(ctx, base, teacher)
             record("ace_base", "base ACE (step 6)", ace_predictions(ctx, "ace_base", ho.structures))

@@ -1,6 +1,8 @@
 """Step 3: fine-tune the foundation MACE on the DFT labels of step 2 (``mace_run_train``
 on the train rank, its own process). ``mace.committee_size`` members differ in seed; the
-first one is the teacher of steps 4-5, all of them filter MD frames by disagreement.
+first one drives step 4's MD, all of them filter MD frames by disagreement, and the first
+(``mace.teacher: first``) or their mean (``mean``: one member per foundation model) labels
+step 5's surrogate set.
 
 ``mace.finetune.method: multihead`` trains a replay head beside the new one on the
 foundation's own labels of ``replay_size`` pool structures (offline replay: no foundation
@@ -20,8 +22,25 @@ from .tasks import finetune_selection_task, finetune_task, mace_label_task
 log = logging.getLogger("pyacemaker_hpc")
 
 
+def member_foundations(cfg) -> list[str]:
+    """The foundation model each fine-tuned member starts from: ``base_model`` for every
+    member, or with ``mace.teacher: mean`` base_model and the ``committee`` models in turn
+    (at least one member each)."""
+    base = cfg.distillation.step3_mace_finetune.base_model
+    if cfg.mace.teacher != "mean":
+        return [base] * cfg.mace.committee_size
+    models = [base, *cfg.mace.committee]
+    return [models[k % len(models)] for k in range(max(cfg.mace.committee_size, len(models)))]
+
+
 def finetuned_names(ctx: StepContext) -> list[str]:
-    return [f"mace_ft_{k}" for k in range(ctx.cfg.mace.committee_size)]
+    return [f"mace_ft_{k}" for k in range(len(member_foundations(ctx.cfg)))]
+
+
+def teacher_paths(ctx: StepContext) -> tuple[str, ...]:
+    """The model files whose (mean) labels are the teacher's: the first member, or all."""
+    names = finetuned_names(ctx) if ctx.cfg.mace.teacher == "mean" else finetuned_names(ctx)[:1]
+    return tuple(ctx.model_path(n, ".model") for n in names)
 
 
 def replay_pick(cfg, n_pool: int) -> np.ndarray:
@@ -30,15 +49,16 @@ def replay_pick(cfg, n_pool: int) -> np.ndarray:
     return np.sort(np.random.default_rng(cfg.seed + 3).choice(n_pool, size=n, replace=False))
 
 
-def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
+def replay_set(ctx: StepContext, base: str, store: bool = True) -> LabelledSet | None:
     """multihead only (configured or a validated candidate): the foundation's labels on a
-    seeded sample of the step-1 pool."""
+    seeded sample of the step-1 pool (``store``: kept in the campaign; the other foundations
+    of ``mace.teacher: mean`` label the same cells anew)."""
     from ..oracle.mace_surrogate import pick_device
 
     cfg, camp = ctx.cfg, ctx.camp
     if not cfg.mace.finetune.uses_multihead():
         return None
-    if ctx.resuming and camp.has_labels("replay", "foundation"):
+    if store and ctx.resuming and camp.has_labels("replay", "foundation"):
         return camp.labelled_set("replay", "foundation")
     pool = camp.read_structures("pool")
     structures = [pool[i] for i in replay_pick(cfg, len(pool))]
@@ -52,6 +72,8 @@ def replay_set(ctx: StepContext, base: str) -> LabelledSet | None:
     ctx.farm.map("mace", [(0, mace_label_task, ((base,), pick_device(cfg.mace.device), cfg.mace.default_dtype,
                                                 cfg.mace.batch_size, structures))],
                  on_result, label="replay labels")
+    if not store:
+        return LabelledSet(structures, out[0])
     camp.write_structures("replay", structures)
     camp.init_labels("replay", "foundation", keep_existing=False)
     camp.put_labels("replay", "foundation", dict(enumerate(out[0])))
@@ -89,6 +111,8 @@ class Finetune(Step):
         out = {"step3": cfg.section_dict("distillation.step3_mace_finetune"),
                "finetune": cfg.section_dict("mace.finetune"), "k": cfg.mace.committee_size,
                "dtype": cfg.mace.default_dtype, "upstream": ctx.output_hash("step2_active_learning")}
+        if cfg.mace.teacher == "mean":  # absent otherwise: campaigns made before keep their hash
+            out["foundations"] = member_foundations(cfg)
         ft = cfg.mace.finetune
         if "naive" in (ft.method, *(c.get("method") for c in ft.select_by_validation)):
             # naive fits before 2026-12-07 trained with the foundation's E0s whatever e0s said
@@ -110,13 +134,15 @@ class Finetune(Step):
         replay = replay_set(ctx, base)
         overrides = choose_loss(ctx, base, train, replay)
         shas = []
-        for k, name in enumerate(finetuned_names(ctx)):
+        for k, (name, foundation) in enumerate(zip(finetuned_names(ctx), member_foundations(cfg))):
             if ctx.resuming and camp.has_model(name):
                 log.info("[step3] %s kept from the interrupted run", name)
             else:
-                model = ctx.farm.run_one("train", finetune_task, cfg, base, train,
+                start = resolve_model(foundation)
+                own_replay = replay if start == base else replay_set(ctx, start, store=False)
+                model = ctx.farm.run_one("train", finetune_task, cfg, start, train,
                                          str(ctx.workdir / "finetune" / name), cfg.mace.finetune.seed + k, name,
-                                         None, overrides, replay)
+                                         None, overrides, own_replay)
                 camp.store_model(model)
                 log.info("[step3] %s: %s", name, model.metrics)
             shas.append(camp.load_model(name).sha256(".model"))

@@ -22,7 +22,7 @@ from ase.units import GPa
 from ..core.models import PENDING, Label, LabelledSet
 from ..parallel import TaskFailed
 from .context import Step, digest
-from .s3_finetune import finetuned_names
+from .s3_finetune import teacher_paths
 from .tasks import mace_label_task
 
 log = logging.getLogger("pyacemaker_hpc")
@@ -36,6 +36,8 @@ class SurrogateLabelling(Step):
         out = {"upstream": [ctx.output_hash("step3_finetune"), ctx.output_hash("step4_surrogate_sampling")],
                "dtype": ctx.cfg.mace.inference_dtype}
         mace = ctx.cfg.mace
+        if mace.teacher != "first":  # absent for the first member: campaigns made before keep their hash
+            out["teacher"] = mace.teacher
         if mace.shift_teacher_to_dft:  # absent when off: campaigns made before keep their hash
             out["shift_to_dft"] = ctx.output_hash("step2_active_learning")
         if mace.teacher_pressure_shift:
@@ -56,7 +58,7 @@ class SurrogateLabelling(Step):
         status = [lab.status for lab in camp.read_labels("surrogate", "mace")]
         todo = [i for i, s in enumerate(status) if s == PENDING]
         chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
-        teacher = (ctx.model_path(finetuned_names(ctx)[0], ".model"),)
+        teacher = teacher_paths(ctx)
         args = (teacher, pick_device(cfg.mace.device), cfg.mace.inference_dtype, cfg.mace.batch_size)
 
         def on_result(k, res):

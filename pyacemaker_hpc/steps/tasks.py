@@ -54,7 +54,8 @@ def uncertainty_task(models: tuple, device: str, dtype: str, batch_size: int, st
 
 
 def mace_label_task(models: tuple, device: str, dtype: str, batch_size: int, structures: list):
-    return _committee(tuple(models), device, dtype, batch_size).label_batch(structures)
+    """Labels of the first model, or with several (``mace.teacher: mean``) their mean."""
+    return _committee(tuple(models), device, dtype, batch_size).label_batch(structures, mean=len(models) > 1)
 
 
 def md_task(model: str, atoms, temperature: float, strain: float, md_cfg, seed: int,
