@@ -32,7 +32,6 @@ from kmesh_floor import run_dirs  # noqa: E402
 from teacher_finetune import BENCH, parse_variant  # noqa: E402
 
 FIT_KEYS = ("kappa", "weight_dft_forces", "delta_max_iterations")
-PLAIN_FRAME = None  # pacemaker's own to_dataframe, put back after every weighted fit
 
 
 def policy_weights(df, rows: np.ndarray, de: float, df_: float) -> tuple[np.ndarray, list]:
@@ -54,16 +53,15 @@ def policy_weights(df, rows: np.ndarray, de: float, df_: float) -> tuple[np.ndar
 
 def refit(run: Path, sets: dict, workdir: Path) -> dict:
     """Step 7 of campaign ``run`` with ``sets``; the final ACE's held-out errors."""
-    global PLAIN_FRAME
+    from types import SimpleNamespace
+
     import pyacemaker_hpc.trainer.pacemaker as pm
     from pyacemaker_hpc.campaign import Campaign
     from pyacemaker_hpc.config import load_config
-    from pyacemaker_hpc.core.models import LabelledSet
     from pyacemaker_hpc.steps.evaluate import errors
-    from pyacemaker_hpc.steps.s5_label import apply_correction
+    from pyacemaker_hpc.steps.s5_label import teacher_labels
     from pyacemaker_hpc.trainer.delta import delta_fit
 
-    PLAIN_FRAME = PLAIN_FRAME or pm.to_dataframe
     cfg = load_config(run / "config.yaml")
     sets = dict(sets)
     group = sets.pop("weighting", None)
@@ -75,18 +73,14 @@ def refit(run: Path, sets: dict, workdir: Path) -> dict:
     cfg.pacemaker = cfg.pacemaker.model_copy(update=sets)
     with Campaign(run / "campaign.h5", readonly=True) as camp:
         e0, base = camp.read_json("metrics/e0"), camp.load_model("ace_base")
-        sur, dft = camp.labelled_set("surrogate", "mace"), camp.labelled_set("dft", "dft")
-        shift = camp.read_json("metrics/teacher_energy_shift")
-        holdout = camp.labelled_set("holdout", "dft")
-    if shift and (cfg.mace.shift_teacher_to_dft or cfg.mace.teacher_pressure_shift):
-        sur = LabelledSet(sur.structures, apply_correction(sur.structures, sur.labels, shift))
+        sur = teacher_labels(SimpleNamespace(camp=camp, cfg=cfg))  # what step 7 fitted
+        dft, holdout = camp.labelled_set("dft", "dft"), camp.labelled_set("holdout", "dft")
     n_sur = len(sur.usable())
 
+    plain = pm.to_dataframe  # put back after the fit: the pool's next job may be unweighted
     if group:
         if group not in ("dft", "all"):
             raise SystemExit(f"weighting must be dft or all, got {group!r}")
-        plain = PLAIN_FRAME
-
         def weighted(ls, e0_, weights=None, force_weights=None):
             frame = plain(ls, e0_, weights, force_weights)
             if weights is None:
@@ -106,7 +100,7 @@ def refit(run: Path, sets: dict, workdir: Path) -> dict:
         model = delta_fit(trainer, base, sur, dft, mode=cfg.pacemaker.delta_mode, weight_dft=weight_dft,
                           weight_dft_forces=cfg.pacemaker.weight_dft_forces, workdir=str(workdir))
     finally:
-        pm.to_dataframe = PLAIN_FRAME
+        pm.to_dataframe = plain
     err = errors(holdout, pm.predict(model, holdout.structures, str(workdir / "holdout")))
     return {"E": err["energy_rmse_meV_atom"], "F": err["force_rmse_meV_A"]}
 

@@ -12,8 +12,8 @@ screened here first. For every campaign ``distill[-T]_n<N>_s<seed>`` of the stud
 (``runs/benchmarks/dft_efficiency/STUDY``) and every ``--variant NAME:key=val,...`` this
 fine-tunes the campaign's foundation on the campaign's own DFT labels with step 3's own task
 (``finetune_task``; ``key`` is a field of ``mace.finetune``, or ``epochs``, or
-``members=K``: K fine-tuned seeds whose mean labels the cells; ``foundations=K``: the same
-with member k fine-tuned from the k-th foundation of ``base_model`` + ``mace.committee``; with ``select_by_validation``
+``members=K``: K fine-tuned seeds whose mean labels the cells; ``foundations=K``: step 3's
+``mace.teacher: mean`` over ``base_model`` and the first K-1 ``mace.committee`` models; with ``select_by_validation``
 the candidates are cross-validated first, as step 3 does, and the choice is recorded) and scores it on the
 campaign's held-out set: E RMSE (meV/atom), E with the mean per-atom offset removed, F
 RMSE (meV/A). It works in ``runs/benchmarks/teacher_finetune/STUDY/`` and writes
@@ -75,37 +75,38 @@ def teacher_error(campaign_dir: Path, sets: dict, workdir: Path) -> dict:
     from pyacemaker_hpc.config import load_config
     from pyacemaker_hpc.oracle.mace_surrogate import resolve_model
     from pyacemaker_hpc.steps.evaluate import errors
-    from pyacemaker_hpc.steps.s3_finetune import replay_pick
+    from pyacemaker_hpc.steps.s3_finetune import member_foundations, replay_pick
     from pyacemaker_hpc.steps.tasks import finetune_selection_task, finetune_task
     from pyacemaker_hpc.trainer.mace_finetune import foundation_replay_set
 
     cfg = load_config(campaign_dir / "config.yaml")
     sets = dict(sets)
-    members = int(sets.pop("members", 1))
+    cfg.mace.committee_size = int(sets.pop("members", 1))
     foundations = int(sets.pop("foundations", 1))
+    if foundations > 1:  # step 3's mace.teacher: mean over the first K foundations
+        if foundations > 1 + len(cfg.mace.committee):
+            raise SystemExit(f"foundations={foundations}: the config names {1 + len(cfg.mace.committee)}")
+        cfg.mace.teacher, cfg.mace.committee = "mean", cfg.mace.committee[:foundations - 1]
     if "epochs" in sets:
         cfg.distillation.step3_mace_finetune.epochs = int(sets.pop("epochs"))
     cfg.mace.finetune = cfg.mace.finetune.model_copy(update=sets)
     with Campaign(campaign_dir / "campaign.h5", readonly=True) as camp:
         dft, holdout = camp.labelled_set("dft", "dft"), camp.labelled_set("holdout", "dft")
         pool = camp.read_structures("pool")
-    bases = [resolve_model(m) for m in
-             [cfg.distillation.step3_mace_finetune.base_model, *cfg.mace.committee][:foundations]]
-    if len(bases) < foundations:
-        raise SystemExit(f"foundations={foundations}: the config names {len(bases)} foundation models")
-    base = bases[0]
-    replay = None
-    if cfg.mace.finetune.uses_multihead():  # step 3's replay: foundation labels on pool cells
-        replay = foundation_replay_set(base, [pool[i] for i in replay_pick(cfg, len(pool))],
-                                       default_dtype=cfg.mace.default_dtype)
+    starts = [resolve_model(m) for m in member_foundations(cfg)]
+    replays = {m: None for m in starts}
+    if cfg.mace.finetune.uses_multihead():  # step 3's replay: each foundation's labels on pool cells
+        cells = [pool[i] for i in replay_pick(cfg, len(pool))]
+        replays = {m: foundation_replay_set(m, cells, default_dtype=cfg.mace.default_dtype) for m in replays}
+    base = starts[0]
     chosen, cv = {}, []
     if cfg.mace.finetune.select_by_validation:  # step 3's own choice, as choose_loss makes it
-        chosen, cv = finetune_selection_task(cfg, base, dft, str(workdir / "selection"), replay)
+        chosen, cv = finetune_selection_task(cfg, base, dft, str(workdir / "selection"), replays[base])
     paths = []
-    for k in range(max(members, foundations)):
+    for k, start in enumerate(starts):
         name = f"mace_ft_{k}"
-        model = finetune_task(cfg, bases[k % len(bases)], dft, str(workdir / name), cfg.mace.finetune.seed + k,
-                              name, None, chosen, replay)
+        model = finetune_task(cfg, start, dft, str(workdir / name), cfg.mace.finetune.seed + k,
+                              name, None, chosen, replays[start])
         paths.append(str(model.write(workdir / "models", stem=name)[".model"]))
     err = errors(holdout, mean_labels(holdout.structures, paths, cfg))
     out = {"E": err["energy_rmse_meV_atom"], "E_shifted": err["energy_rmse_shifted_meV_atom"],

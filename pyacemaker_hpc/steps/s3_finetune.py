@@ -131,18 +131,19 @@ class Finetune(Step):
         cfg, camp = ctx.cfg, ctx.camp
         train = camp.labelled_set("dft", "dft")
         base = resolve_model(cfg.distillation.step3_mace_finetune.base_model)
-        replay = replay_set(ctx, base)
-        overrides = choose_loss(ctx, base, train, replay)
+        replays = {base: replay_set(ctx, base)}  # each foundation's own replay labels, made once
+        overrides = choose_loss(ctx, base, train, replays[base])
         shas = []
         for k, (name, foundation) in enumerate(zip(finetuned_names(ctx), member_foundations(cfg))):
             if ctx.resuming and camp.has_model(name):
                 log.info("[step3] %s kept from the interrupted run", name)
             else:
                 start = resolve_model(foundation)
-                own_replay = replay if start == base else replay_set(ctx, start, store=False)
+                if start not in replays:
+                    replays[start] = replay_set(ctx, start, store=False)
                 model = ctx.farm.run_one("train", finetune_task, cfg, start, train,
                                          str(ctx.workdir / "finetune" / name), cfg.mace.finetune.seed + k, name,
-                                         None, overrides, own_replay)
+                                         None, overrides, replays[start])
                 camp.store_model(model)
                 log.info("[step3] %s: %s", name, model.metrics)
             shas.append(camp.load_model(name).sha256(".model"))
