@@ -308,6 +308,54 @@ def test_gpaw_pulay_stress_makes_the_stress_the_volume_derivative_of_the_energy(
     assert p_energy - p_raw > 2.5, (p_raw, p_energy)
 
 
+def test_foundation_build_trains_on_pulay_corrected_stresses_only_when_asked(tmp_path, monkeypatch):
+    """scripts/build_demo_foundation.py --pulay-stress estimate: the stand-in's stress labels
+    get the same Pulay term as the pipeline's DFT (the raw labels on disk stay), and a member
+    trained the other way is refused rather than reused."""
+    import importlib.util
+    import json
+
+    from ase.io import write
+
+    spec = importlib.util.spec_from_file_location(
+        "build_demo_foundation", Path(__file__).resolve().parents[1] / "scripts" / "build_demo_foundation.py")
+    bdf = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bdf)  # its dataclasses look themselves up there
+    spec.loader.exec_module(bdf)
+    raw = np.array([0.01, 0.01, 0.01, 0.0, 0.0, 0.002])
+    frames = []
+    for i, (el, a) in enumerate([("Cu", 3.63), ("Au", 4.16), ("Au", 4.3)]):
+        at = bulk(el, "fcc", a=a, cubic=True)
+        at.info.update(build_index=i, provenance=f"x:{i}", REF_energy=-1.0, REF_stress=raw)
+        at.arrays["REF_forces"] = np.zeros((len(at), 3))
+        frames.append(at)
+    write(tmp_path / "labels.extxyz", frames, format="extxyz")
+    system = bdf.SYSTEMS["CuAu"]
+
+    monkeypatch.setattr(bdf, "PULAY_STRESS", "none")
+    train, valid = bdf.split(tmp_path, system)
+    assert all(np.allclose(a.info["REF_stress"], raw) for a in train + valid)
+
+    monkeypatch.setattr(bdf, "PULAY_STRESS", "estimate")
+    train, _ = bdf.split(tmp_path, system)
+    for a in train:
+        np.testing.assert_allclose(a.info["REF_stress"], raw + pulay_stress(a, 300.0, "RPBE"))
+    by_vol = sorted(train, key=lambda a: a.get_volume() / len(a))
+    extra = [a.info["REF_stress"][0] - raw[0] for a in by_vol]
+    assert extra[0] < 0 and extra[1] < extra[0]  # Au's term is larger than Cu's, and negative
+    assert np.allclose([a.info["REF_stress"][3:5] for a in train], 0.0)
+    assert read(tmp_path / "labels.extxyz").info["REF_stress"] == pytest.approx(raw)
+
+    member = tmp_path / "member_s0"
+    member.mkdir()
+    (member / "final.model").write_text("x")
+    (member / "recipe.json").write_text(json.dumps({"pulay_stress": "none"}))
+    with pytest.raises(SystemExit, match="pulay_stress none"):
+        bdf.train_member(tmp_path, 0, train, [], 1, {}, "cuau", 8)
+    monkeypatch.setattr(bdf, "PULAY_STRESS", "none")
+    assert bdf.train_member(tmp_path, 0, train, [], 1, {}, "cuau", 8) == {"pulay_stress": "none"}
+
+
 def test_gpaw_scf_failure_climbs_the_ladder(cu2, tmp_path):
     cfg = GpawCfg(ecut=200, kpoint_density=1.0, extra={"maxiter": 5})
     failed = GpawOracle(cfg, max_retries=0).label(cu2, str(tmp_path / "g0"))
