@@ -34,7 +34,10 @@ What it does (every stage is resumable; rerun the same command after an interrup
    float64; ``--channels``), trained with ``mace_run_train`` (energy + forces + stress
    loss, EMA, stage two with a heavier energy weight over the last quarter). max_ell 2
    rather than mace's default 3 keeps each file small: the stored symmetric-contraction
-   U matrices scale with (max_ell + 1)^6 (7 MB with max_ell 3).
+   U matrices scale with (max_ell + 1)^6 (7 MB with max_ell 3). ``--pulay-stress estimate``
+   trains (and scores) on stresses with GPAW's Pulay term added, the labels on disk kept
+   raw: measured on Cu-Au (README), the members' E(V) is set by their energies either way
+   (held-out slope +4.6 GPa both), so it stays off.
 3. ``evaluate``: RMSEs of each member on the held-out split and, for Cu, against
    ``../shared/data/dft/Cu_gpaw_pbe_4atom.xyz`` (GPAW PBE; energies after removing the mean
    per-atom offset, since the two functionals' energies have different references).
