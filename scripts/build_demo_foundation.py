@@ -377,11 +377,18 @@ def train_member(workdir: Path, seed: int, train, valid, epochs: int, e0: dict, 
                      f"this run asks for {PULAY_STRESS} (use another --workdir)")
         log(f"train s{seed}: {final} exists, kept")
         return recipe
-    # a member killed mid-training resumes from its latest mace checkpoint (same data)
+    # a member killed mid-training resumes from its latest mace checkpoint (same data), but
+    # only with the stresses it started on: the pin is written before mace sees the data
+    pin = mdir / "pulay_stress.txt"
     resume = (mdir / "train.xyz").is_file() and any((mdir / "checkpoints").glob("*.pt"))
+    started = pin.read_text().strip() if pin.is_file() else "none"
+    if resume and started != PULAY_STRESS:
+        sys.exit(f"{mdir} was started with pulay_stress {started}, this run asks for "
+                 f"{PULAY_STRESS}: its checkpoint would mix the two (use another --workdir)")
     if mdir.exists() and not resume:
         shutil.rmtree(mdir)
     mdir.mkdir(parents=True, exist_ok=True)
+    pin.write_text(PULAY_STRESS + "\n")
     rng = np.random.default_rng(1000 + seed)
     if seed == 0:
         idx = np.arange(len(train))

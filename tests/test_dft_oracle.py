@@ -355,6 +355,17 @@ def test_foundation_build_trains_on_pulay_corrected_stresses_only_when_asked(tmp
     monkeypatch.setattr(bdf, "PULAY_STRESS", "none")
     assert bdf.train_member(tmp_path, 0, train, [], 1, {}, "cuau", 8) == {"pulay_stress": "none"}
 
+    # a member killed mid-training with raw stresses is not resumed on corrected ones
+    killed = tmp_path / "member_s1"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints" / "cuau_demo_run-1_epoch-3.pt").write_text("x")
+    write(killed / "train.xyz", train, format="extxyz")
+    (killed / "pulay_stress.txt").write_text("none\n")
+    monkeypatch.setattr(bdf, "PULAY_STRESS", "estimate")
+    with pytest.raises(SystemExit, match="started with pulay_stress none"):
+        bdf.train_member(tmp_path, 1, train, [], 1, {}, "cuau", 8)
+    assert (killed / "checkpoints" / "cuau_demo_run-1_epoch-3.pt").is_file()
+
 
 def test_gpaw_scf_failure_climbs_the_ladder(cu2, tmp_path):
     cfg = GpawCfg(ecut=200, kpoint_density=1.0, extra={"maxiter": 5})
