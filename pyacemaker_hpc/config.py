@@ -427,16 +427,31 @@ class MaceCfg(_Strict):
     md: MdCfg = MdCfg()
 
 
-def auto_ace_preset(elements) -> str:
-    """``pacemaker.preset: auto``: ``small`` for one element, ``medium`` for alloys."""
-    return "medium" if len(set(elements)) > 1 else "small"
+#: Planned DFT labels from which a one-element campaign's unset defaults take the large-budget
+#: profile (Config._resolve_auto): the ``medium`` ACE basis and a teacher fine-tuned naive on
+#: every label for 150 epochs. Cu, 40 calls, 3 seeds (README "Cu at 40 calls: the basis and
+#: the teacher"): final ACE 1.1 / 4.9 -> 1.1 / 3.8 meV/atom / meV/A; medium alone 1.7 / 3.6
+#: (the multihead teacher's energies pass into the larger basis); at 10 calls medium lost
+#: (one seed: 3.8 / 5.9 -> 4.9 / 6.8) and multihead won at 10-20 (README)
+LARGE_BUDGET_DFT_LABELS = 40
+
+
+def auto_ace_preset(elements, dft_labels: int = 0) -> str:
+    """``pacemaker.preset: auto``: ``medium`` for alloys, whose cross terms 30 functions per
+    element cannot hold, and for one element once the campaign plans enough DFT labels for
+    100 functions to pay; ``small`` below that."""
+    if len(set(elements)) > 1 or dft_labels >= LARGE_BUDGET_DFT_LABELS:
+        return "medium"
+    return "small"
 
 
 class PacemakerCfg(_Strict):
     #: ACE basis size (functions per element: tiny 10, small 30, medium 100, large 300).
-    #: auto: small for one element, medium for two or more, where 30 functions per element
-    #: cannot hold the cross terms: Cu-Au (RPBE stand-in, 3 seeds, 40 calls) final ACE
-    #: 6.5 / 26.8 -> 4.6 / 15.3 meV/atom / meV/A, and the DFT-only ACE gains as much (README)
+    #: auto: medium for two or more elements, where 30 functions per element cannot hold the
+    #: cross terms: Cu-Au (RPBE stand-in, 3 seeds, 40 calls) final ACE 6.5 / 26.8 -> 4.6 / 15.3
+    #: meV/atom / meV/A, and the DFT-only ACE gains as much; for one element small below
+    #: LARGE_BUDGET_DFT_LABELS planned DFT labels (Config.planned_dft_labels), medium from
+    #: there (Cu at 40 calls: forces 4.9 -> 3.8 meV/A with the naive teacher; README)
     preset: Literal["tiny", "small", "medium", "large", "auto"] = "auto"
     number_of_functions_per_element: Optional[int] = Field(None, gt=0)
     cutoff: float = Field(5.0, gt=0)
@@ -523,8 +538,37 @@ class Config(_Strict):
         if self.mace.shift_teacher_to_dft == "auto":
             self.mace.shift_teacher_to_dft = len(set(self.system.elements)) > 1
         if self.pacemaker.preset == "auto":
-            self.pacemaker.preset = auto_ace_preset(self.system.elements)
+            self.pacemaker.preset = auto_ace_preset(self.system.elements, self.planned_dft_labels)
+        self._large_budget_teacher()
         return self
+
+    def _large_budget_teacher(self) -> None:
+        """One element with LARGE_BUDGET_DFT_LABELS planned: the teacher's unset fine-tuning
+        keys become naive, every label training, 150 epochs. With 40 labels the replay head's
+        pull toward the foundation costs more than it holds (Cu teacher 3.1-5.1 -> 2.3-6.1
+        meV/atom, 5.9-6.8 -> 5.1-5.7 meV/A), and mace keeps the epoch with the lowest loss on
+        the training labels, so longer training is what fits them; the medium basis then
+        carries that teacher into the final ACE. Keys the user set are kept."""
+        ft, s3 = self.mace.finetune, self.distillation.step3_mace_finetune
+        if (len(set(self.system.elements)) > 1 or self.planned_dft_labels < LARGE_BUDGET_DFT_LABELS
+                or "method" in ft.model_fields_set or ft.select_by_validation):
+            return
+        ft.method = "naive"
+        if "valid_fraction" not in ft.model_fields_set:
+            ft.valid_fraction = 0.0
+        if "epochs" not in s3.model_fields_set:
+            s3.epochs = 150
+
+    @property
+    def planned_dft_labels(self) -> int:
+        """The DFT labels the campaign is set up to train on: step 2's share of step 1's
+        selection, or the plain loop's ``dft_budget`` (user labels imported on top and a
+        pool smaller than the selection are not counted)."""
+        d = self.distillation
+        if not d.enable_mace_distillation:
+            return self.active_learning.dft_budget
+        share = 1.0 - d.step2_active_learning.uncertainty_threshold
+        return max(1, int(round(d.step1_direct_sampling.target_points * share)))
 
     # convenience accessors -----------------------------------------------------------
     @property
