@@ -535,23 +535,24 @@ class Config(_Strict):
     def _resolve_auto(self):
         """Settings whose default depends on the system: resolved once, so every step,
         input hash and the recorded config see the value that ran."""
+        alloy = len(set(self.system.elements)) > 1
         if self.mace.shift_teacher_to_dft == "auto":
-            self.mace.shift_teacher_to_dft = len(set(self.system.elements)) > 1
+            self.mace.shift_teacher_to_dft = alloy
         if self.pacemaker.preset == "auto":
             self.pacemaker.preset = auto_ace_preset(self.system.elements, self.planned_dft_labels)
-        self._large_budget_teacher()
+        if not alloy and self.planned_dft_labels >= LARGE_BUDGET_DFT_LABELS:
+            self._large_budget_teacher()
         return self
 
     def _large_budget_teacher(self) -> None:
-        """One element with LARGE_BUDGET_DFT_LABELS planned: the teacher's unset fine-tuning
-        keys become naive, every label training, 150 epochs. With 40 labels the replay head's
-        pull toward the foundation costs more than it holds (Cu teacher 3.1-5.1 -> 2.3-6.1
+        """One element with LARGE_BUDGET_DFT_LABELS planned (the caller checks): the teacher's
+        unset fine-tuning keys become naive, every label training, 150 epochs. With 40 labels
+        the replay head's pull toward the foundation costs more than it holds (Cu teacher 3.1-5.1 -> 2.3-6.1
         meV/atom, 5.9-6.8 -> 5.1-5.7 meV/A), and mace keeps the epoch with the lowest loss on
         the training labels, so longer training is what fits them; the medium basis then
         carries that teacher into the final ACE. Keys the user set are kept."""
         ft, s3 = self.mace.finetune, self.distillation.step3_mace_finetune
-        if (len(set(self.system.elements)) > 1 or self.planned_dft_labels < LARGE_BUDGET_DFT_LABELS
-                or "method" in ft.model_fields_set or ft.select_by_validation):
+        if "method" in ft.model_fields_set or ft.select_by_validation:
             return
         ft.method = "naive"
         if "valid_fraction" not in ft.model_fields_set:

@@ -253,6 +253,7 @@ def test_one_element_takes_the_large_budget_profile_from_40_planned_dft_labels(t
     ACE measured 4.9 -> 3.8 meV/A; keys the user set stay; the plain loop counts its
     ``dft_budget``."""
     import copy
+    from pathlib import Path
 
     from pyacemaker_hpc.config import LARGE_BUDGET_DFT_LABELS, config_text
 
@@ -267,20 +268,17 @@ def test_one_element_takes_the_large_budget_profile_from_40_planned_dft_labels(t
         return load_config(_write(tmp_path, data))
 
     assert LARGE_BUDGET_DFT_LABELS == 40
-    from pathlib import Path
-
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the quickstart's model paths are relative
     quick = load_config("configs/quickstart.yaml")
     assert quick.planned_dft_labels == 15 and quick.pacemaker.preset == "small"
-    assert loaded(78, 0.5).planned_dft_labels == 39
-    assert loaded(78, 0.5).pacemaker.preset == "small"
-    assert loaded(80, 0.5).pacemaker.preset == "medium"
+    small, big = loaded(78, 0.5), loaded(80, 0.5)
+    assert small.planned_dft_labels == 39
+    assert small.pacemaker.preset == "small"
+    assert big.pacemaker.preset == "medium"
     assert loaded(40, 0.75, distill=False, budget=30).pacemaker.preset == "small"
     assert loaded(40, 0.75, distill=False, budget=80).pacemaker.preset == "medium"
-    small = loaded(78, 0.5)
     assert (small.mace.finetune.method, small.mace.finetune.valid_fraction) == ("multihead", 0.15)
     assert small.distillation.step3_mace_finetune.epochs == 50
-    big = loaded(80, 0.5)
     assert (big.mace.finetune.method, big.mace.finetune.valid_fraction) == ("naive", 0.0)
     assert big.distillation.step3_mace_finetune.epochs == 150
     assert "method: naive" in config_text(big) and "epochs: 150" in config_text(big)
