@@ -393,10 +393,12 @@ def equivalent_calls(ref: dict[int, float], n_d: int, err: float) -> dict:
             "fraction_of_calls": n_d / calls}
 
 
-def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = ()) -> None:
+def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = (), budgets: list[dict] = ()) -> None:
     """Mean over seeds with min-max bars: distilled final ACE and its teacher, DFT-only,
-    plain-loop and random-DFT ACE; variants only when named in ``tags``. Points far above
-    the rest (diverged fits) are drawn at the top edge and labelled."""
+    plain-loop and random-DFT ACE; variants only when named in ``tags``; the DFT-only re-fits
+    of ``budgets`` (``dft_only_budget.py``: one dotted curve per basis and fit budget, forces
+    and energies only). Points far above the rest (diverged fits) are drawn at the top edge
+    and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,14 +434,25 @@ def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = ()) -> None:
                 if m > sh:
                     ax.annotate(f"{m:.0f} (diverged)", (n, sh), fontsize=7, color=color,
                                 textcoords="offset points", xytext=(4, -10))
+    refits: dict[str, list[dict]] = {}
+    for b in budgets:
+        refits.setdefault(f"{b['preset'] or 'own basis'}, {b['iterations']} steps", []).append(b)
+    for label, bs in sorted(refits.items()):
+        color, bs = next(colors), sorted(bs, key=lambda b: b["N"])
+        for ax, i in zip(axes, (1, 0)):  # per_seed values are (E, F)
+            vals = [[v[i] for v in b["per_seed"].values()] for b in bs]
+            mean = np.array([np.mean(v) for v in vals])
+            ax.errorbar([b["N"] for b in bs], mean, yerr=[mean - [min(v) for v in vals], [max(v) for v in vals] - mean],
+                        fmt=":s", color=color, capsize=3,
+                        label=f"DFT-only ACE re-fit: {label} ({seed_label([{'N': b['N'], 'seed': s} for b in bs for s in b['per_seed']])})")
     for ax, t in zip(axes, ("force RMSE (meV/A)", "energy RMSE (meV/atom)",
                             "energy RMSE, mean offset removed (meV/atom)")):
         ax.set_xlabel("DFT calls for training")
         ax.set_ylabel(t)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        budgets = sorted({r["N"] for rs in series.values() for r in rs})
-        ax.set_xticks(budgets, [str(n) for n in budgets])
+        ticks = sorted({r["N"] for rs in series.values() for r in rs} | {b["N"] for b in budgets})
+        ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
@@ -541,7 +554,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"holdout": str(holdout), "rows": rows, "step_seconds": seconds,
                                "headline": heads, "command": " ".join(sys.argv)}, indent=1))
     if rows:
-        plot(rows, out.with_suffix(".png"), tuple(args.plot_tags))
+        plot(rows, out.with_suffix(".png"), tuple(args.plot_tags), budgets)
         print(f"\nwrote {out} and {out.with_suffix('.png')}")
     return 0
 
