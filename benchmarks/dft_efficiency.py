@@ -393,12 +393,12 @@ def equivalent_calls(ref: dict[int, float], n_d: int, err: float) -> dict:
             "fraction_of_calls": n_d / calls}
 
 
-def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = (), budgets: list[dict] = ()) -> None:
+def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = (), budgets: tuple | list = ()) -> None:
     """Mean over seeds with min-max bars: distilled final ACE and its teacher, DFT-only,
     plain-loop and random-DFT ACE; variants only when named in ``tags``; the DFT-only re-fits
     of ``budgets`` (``dft_only_budget.py``: one dotted curve per basis and fit budget, forces
-    and energies only). Points far above the rest (diverged fits) are drawn at the top edge
-    and labelled."""
+    and energies only). Points far above the rest (diverged fits) are drawn at the top edge and
+    labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,45 +413,41 @@ def plot(rows: list[dict], png: Path, tags: tuple[str, ...] = (), budgets: list[
     for r in rows:
         if (r["method"], r["model"]) in keep:
             series.setdefault((r["method"], r["model"]), []).append(r)
+    for b in budgets:  # per seed (E, F), no offset-removed energy
+        refit = (f"re-fit {b['preset'] or 'own basis'}, {b['iterations']} steps", "DFT-only ACE")
+        for seed, (e, f) in b["per_seed"].items():
+            series.setdefault(refit, []).append({"N": b["N"], "seed": seed, "E_rmse": e, "F_rmse": f})
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     colors = iter(plt.get_cmap("tab10").colors * 3)
     keys = ("F_rmse", "E_rmse", "E_rmse_shifted")
-    sane = [r[k] for k in keys for (m, _), rs in series.items() if m != "random" for r in rs]
+    sane = [r[k] for k in keys for (m, _), rs in series.items() if m != "random" for r in rs if k in r]
     top = 3 * max(sane) if sane else None
     for (meth, model), rs in sorted(series.items()):
         color = next(colors)
         ns = sorted({r["N"] for r in rs})
+        fmt = ":s" if meth.startswith("re-fit") else "--o" if "MACE" in model else "-o"
         for ax, key in zip(axes, keys):
+            if key not in rs[0]:
+                continue
             vals = [[r[key] for r in rs if r["N"] == n] for n in ns]
             mean = np.array([np.mean(v) for v in vals])
             shown = np.minimum(mean, top) if top else mean
             lo = shown - np.minimum([min(v) for v in vals], shown)
             hi = np.maximum([max(v) for v in vals], shown) - shown
             hi = np.where(mean > shown, 0, hi)
-            ax.errorbar(ns, shown, yerr=[lo, hi], fmt="--o" if "MACE" in model else "-o", color=color,
+            ax.errorbar(ns, shown, yerr=[lo, hi], fmt=fmt, color=color,
                         capsize=3, label=f"{meth}: {model} ({seed_label(rs)})")
             for n, m, sh in zip(ns, mean, shown):
                 if m > sh:
                     ax.annotate(f"{m:.0f} (diverged)", (n, sh), fontsize=7, color=color,
                                 textcoords="offset points", xytext=(4, -10))
-    refits: dict[str, list[dict]] = {}
-    for b in budgets:
-        refits.setdefault(f"{b['preset'] or 'own basis'}, {b['iterations']} steps", []).append(b)
-    for label, bs in sorted(refits.items()):
-        color, bs = next(colors), sorted(bs, key=lambda b: b["N"])
-        for ax, i in zip(axes, (1, 0)):  # per_seed values are (E, F)
-            vals = [[v[i] for v in b["per_seed"].values()] for b in bs]
-            mean = np.array([np.mean(v) for v in vals])
-            ax.errorbar([b["N"] for b in bs], mean, yerr=[mean - [min(v) for v in vals], [max(v) for v in vals] - mean],
-                        fmt=":s", color=color, capsize=3,
-                        label=f"DFT-only ACE re-fit: {label} ({seed_label([{'N': b['N'], 'seed': s} for b in bs for s in b['per_seed']])})")
     for ax, t in zip(axes, ("force RMSE (meV/A)", "energy RMSE (meV/atom)",
                             "energy RMSE, mean offset removed (meV/atom)")):
         ax.set_xlabel("DFT calls for training")
         ax.set_ylabel(t)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ticks = sorted({r["N"] for rs in series.values() for r in rs} | {b["N"] for b in budgets})
+        ticks = sorted({r["N"] for rs in series.values() for r in rs})
         ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3, which="both")
